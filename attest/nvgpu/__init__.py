@@ -1,1 +1,37 @@
-"""attest/nvgpu."""
+"""NVIDIA GPU attestation: SPDM report parsing (abi), verification (verify), policy (validate)."""
+
+from attest.nvgpu.abi import (
+    GpuReport,
+    MeasurementBlock,
+    OpaqueData,
+    OpaqueFieldId,
+    parse_gpu_report,
+)
+from attest.nvgpu.collect import GpuEvidence, GpuEvidenceSource, NvmlGpuSource, SimulatedGpuSource
+from attest.nvgpu.sim import SimulatedGpu
+from attest.nvgpu.validate import GpuPolicy, validate_gpu
+from attest.nvgpu.verify import (
+    VerifiedGpu,
+    load_gpu_chain,
+    pinned_nvidia_roots,
+    verify_gpu_report,
+)
+
+__all__ = [
+    "GpuEvidence",
+    "GpuEvidenceSource",
+    "GpuPolicy",
+    "GpuReport",
+    "MeasurementBlock",
+    "NvmlGpuSource",
+    "OpaqueData",
+    "OpaqueFieldId",
+    "SimulatedGpu",
+    "SimulatedGpuSource",
+    "VerifiedGpu",
+    "load_gpu_chain",
+    "parse_gpu_report",
+    "pinned_nvidia_roots",
+    "validate_gpu",
+    "verify_gpu_report",
+]

@@ -1,0 +1,130 @@
+"""Policy for a verified TDX quote: debug bit, MRTD / RTMR / config allowlists, report data.
+
+Policy is data: :class:`TdxPolicy` is frozen and built from a mapping or a TOML file; unknown
+keys, wrong types and an empty policy are :class:`ParseError`. :func:`validate_quote` collects
+every violation into one :class:`PolicyError`, each naming the field and both values.
+"""
+
+from __future__ import annotations
+
+import hmac
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from attest.errors import ParseError, PolicyError
+from attest.tdx.abi import MR_SIZE, Quote
+
+__all__ = ["TdxPolicy", "validate_quote"]
+
+REPORT_DATA_SIZE = 64
+_ALLOWLISTS = ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mrconfigid", "mrowner", "mrownerconfig")
+_KEYS = frozenset({"allow_debug", "report_data", *_ALLOWLISTS})
+
+
+def _hex(name: str, value: Any, size: int) -> bytes:
+    if not isinstance(value, str):
+        raise ParseError(f"TDX policy {name} must be a hex string")
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError as exc:
+        raise ParseError(f"TDX policy {name} is not hex: {value!r}") from exc
+    if len(raw) != size:
+        raise ParseError(f"TDX policy {name} must be {size} bytes, got {len(raw)}")
+    return raw
+
+
+@dataclass(frozen=True, slots=True)
+class TdxPolicy:
+    """What a TDX quote must show. Empty allowlists are not checked; ``allow_debug`` is False
+    unless the policy says otherwise."""
+
+    allow_debug: bool = False
+    mrtd: tuple[bytes, ...] = ()
+    rtmr0: tuple[bytes, ...] = ()
+    rtmr1: tuple[bytes, ...] = ()
+    rtmr2: tuple[bytes, ...] = ()
+    rtmr3: tuple[bytes, ...] = ()
+    mrconfigid: tuple[bytes, ...] = ()
+    mrowner: tuple[bytes, ...] = ()
+    mrownerconfig: tuple[bytes, ...] = ()
+    report_data: bytes | None = None
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> TdxPolicy:
+        if not data:
+            raise ParseError("TDX policy is empty")
+        unknown = sorted(set(data) - _KEYS)
+        if unknown:
+            raise ParseError(f"unknown TDX policy keys: {', '.join(unknown)}")
+        allow_debug = data.get("allow_debug", False)
+        if not isinstance(allow_debug, bool):
+            raise ParseError("TDX policy allow_debug must be true or false")
+        lists: dict[str, tuple[bytes, ...]] = {}
+        for name in _ALLOWLISTS:
+            if name not in data:
+                continue
+            values = data[name]
+            if not isinstance(values, list) or not values:
+                raise ParseError(f"TDX policy {name} must be a non-empty list of hex strings")
+            lists[name] = tuple(_hex(name, v, MR_SIZE) for v in values)
+        report_data = (
+            _hex("report_data", data["report_data"], REPORT_DATA_SIZE)
+            if "report_data" in data
+            else None
+        )
+        return cls(allow_debug=allow_debug, report_data=report_data, **lists)
+
+    @classmethod
+    def from_toml(cls, path: Path) -> TdxPolicy:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ParseError(f"TDX policy {path} is not TOML: {exc}") from exc
+        return cls.from_mapping(data)
+
+
+def validate_quote(quote: Quote, policy: TdxPolicy) -> list[tuple[str, str]]:
+    """Checks that passed, as (name, detail); PolicyError lists every failure."""
+    body = quote.body
+    passed: list[tuple[str, str]] = []
+    violations: list[str] = []
+    if body.debug and not policy.allow_debug:
+        violations.append(
+            f"td_attributes.debug: quote {body.td_attributes.hex()} sets DEBUG, policy forbids it"
+        )
+    else:
+        passed.append(("tdx-debug", f"td_attributes {body.td_attributes.hex()}"))
+    values = {
+        "mrtd": body.mrtd,
+        "rtmr0": body.rtmrs[0],
+        "rtmr1": body.rtmrs[1],
+        "rtmr2": body.rtmrs[2],
+        "rtmr3": body.rtmrs[3],
+        "mrconfigid": body.mrconfigid,
+        "mrowner": body.mrowner,
+        "mrownerconfig": body.mrownerconfig,
+    }
+    for name in _ALLOWLISTS:
+        allowed: tuple[bytes, ...] = getattr(policy, name)
+        if not allowed:
+            continue
+        value = values[name]
+        if any(hmac.compare_digest(value, a) for a in allowed):
+            passed.append((f"tdx-{name}", value.hex()))
+        else:
+            violations.append(
+                f"{name}: quote {value.hex()}, policy allows {', '.join(a.hex() for a in allowed)}"
+            )
+    if policy.report_data is not None:
+        if hmac.compare_digest(body.report_data, policy.report_data):
+            passed.append(("tdx-report-data", body.report_data.hex()))
+        else:
+            violations.append(
+                f"report_data: quote {body.report_data.hex()}, policy {policy.report_data.hex()}"
+            )
+    if violations:
+        raise PolicyError(violations, check="tdx-policy")
+    return passed

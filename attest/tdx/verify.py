@@ -1,0 +1,160 @@
+"""Verify a TDX quote's signature chain up to the pinned Intel SGX Root CA.
+
+Checks, in order; the first failure raises :class:`VerificationError` naming it:
+
+``tdx-pck-chain``            PCK leaf -> PCK Platform/Processor CA -> a pinned Intel SGX Root CA,
+                             every certificate valid at ``now``;
+``tdx-qe-report-signature``  the QE report is signed by the PCK key (ECDSA P-256 / SHA-256);
+``tdx-qe-report-data``       QE REPORTDATA = SHA-256(attestation key || QE auth data) || 32 zeros;
+``tdx-quote-signature``      header and body are signed by the attestation key;
+``tdx-collateral``           TCB info / QE identity evaluation: not implemented, so passing
+                             collateral fails closed rather than being ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from attest.errors import VerificationError
+from attest.nvgpu.verify import verify_chain
+from attest.tdx.abi import ECDSA_SIGNATURE_SIZE, Quote
+
+__all__ = [
+    "INTEL_ROOT_SUBJECT_CN",
+    "TdxCollateral",
+    "VerifiedQuote",
+    "pinned_intel_roots",
+    "verify_quote",
+]
+
+INTEL_ROOT_SUBJECT_CN = "Intel SGX Root CA"
+ROOT_PEM = "intel_sgx_root_ca.pem"
+QE_REPORT_DATA_HASH_SIZE = 32
+
+
+@dataclass(frozen=True, slots=True)
+class TdxCollateral:
+    """Operator-supplied DCAP collateral files (TCB info, QE identity, their issuer chain)."""
+
+    tcb_info: bytes
+    qe_identity: bytes
+    issuer_chain_pem: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedQuote:
+    """A quote whose signature chain verified to a pinned Intel root."""
+
+    quote: Quote
+    pck_certificate: x509.Certificate
+    checks: tuple[tuple[str, str], ...]
+
+
+def pinned_intel_roots() -> list[x509.Certificate]:
+    """The Intel SGX Root CA shipped in ``attest/roots`` (SHA-256 44a0196b…74d3)."""
+    data = resources.files("attest").joinpath("roots", ROOT_PEM).read_bytes()
+    return x509.load_pem_x509_certificates(data)
+
+
+def _raw_signature(raw: bytes) -> bytes:
+    half = ECDSA_SIGNATURE_SIZE // 2
+    return encode_dss_signature(
+        int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
+    )
+
+
+def _p256_verify(key: ec.EllipticCurvePublicKey, signature: bytes, data: bytes) -> bool:
+    try:
+        key.verify(_raw_signature(signature), data, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _attestation_key(raw: bytes) -> ec.EllipticCurvePublicKey:
+    try:
+        return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + raw)
+    except ValueError as exc:
+        raise VerificationError(
+            "tdx-quote-signature", "attestation key is not a P-256 point"
+        ) from exc
+
+
+def verify_quote(
+    quote: Quote,
+    *,
+    roots: Sequence[x509.Certificate] | None = None,
+    now: datetime | None = None,
+    collateral: TdxCollateral | None = None,
+) -> VerifiedQuote:
+    """Run every check in order; the first failure raises :class:`VerificationError`."""
+    checks: list[tuple[str, str]] = []
+    pck = run_quote_checks(quote, roots=roots, now=now, collateral=collateral, record=checks)
+    return VerifiedQuote(quote=quote, pck_certificate=pck, checks=tuple(checks))
+
+
+def run_quote_checks(
+    quote: Quote,
+    *,
+    roots: Sequence[x509.Certificate] | None,
+    now: datetime | None,
+    collateral: TdxCollateral | None,
+    record: list[tuple[str, str]],
+) -> x509.Certificate:
+    """The checks behind :func:`verify_quote`, appending each pass to ``record``."""
+    when = now if now is not None else datetime.now(UTC)
+    anchors = list(roots) if roots is not None else pinned_intel_roots()
+    root = verify_chain(quote.pck_chain, anchors, now=when, check="tdx-pck-chain")
+    record.append(
+        (
+            "tdx-pck-chain",
+            f"{len(quote.pck_chain)} certificates to {root.subject.rfc4514_string()} "
+            f"(SHA-256 {root.fingerprint(hashes.SHA256()).hex()[:16]}…)",
+        )
+    )
+    pck = quote.pck_chain[0]
+    pck_key = pck.public_key()
+    if not isinstance(pck_key, ec.EllipticCurvePublicKey) or pck_key.curve.name != "secp256r1":
+        raise VerificationError("tdx-qe-report-signature", "PCK key is not ECDSA P-256")
+    if not _p256_verify(pck_key, quote.qe_report_signature, quote.qe_report.raw):
+        raise VerificationError(
+            "tdx-qe-report-signature", "QE report signature does not verify with the PCK key"
+        )
+    record.append(("tdx-qe-report-signature", "QE report signed by the PCK key"))
+
+    expected = (
+        hashlib.sha256(quote.attestation_key + quote.qe_auth_data).digest()
+        + b"\x00" * QE_REPORT_DATA_HASH_SIZE
+    )
+    if not hmac.compare_digest(quote.qe_report.report_data, expected):
+        raise VerificationError(
+            "tdx-qe-report-data",
+            f"QE report data {quote.qe_report.report_data.hex()} is not "
+            f"SHA-256(attestation key || QE auth data) padded ({expected.hex()})",
+        )
+    record.append(("tdx-qe-report-data", "binds the attestation key and QE auth data"))
+
+    key = _attestation_key(quote.attestation_key)
+    if not _p256_verify(key, quote.signature, quote.signed_bytes):
+        raise VerificationError(
+            "tdx-quote-signature", "quote signature does not verify with the attestation key"
+        )
+    record.append(("tdx-quote-signature", f"ECDSA P-256 over {len(quote.signed_bytes)} bytes"))
+
+    if collateral is not None:
+        raise VerificationError(
+            "tdx-collateral",
+            "TCB info / QE identity evaluation is not implemented; refusing to ignore collateral",
+        )
+    return pck

@@ -1,0 +1,104 @@
+"""``openpcc proxy``: an OpenAI-compatible endpoint on loopback for unmodified OpenAI clients.
+
+Each request is verified-then-encrypted through one :class:`Session`; the node is verified before
+the proxy starts listening, and again whenever the session decides to (rotation, failure, age).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import uvicorn
+from rich.console import Console
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from attest.errors import OpenPCCError, TransportError
+from client_cli.render import SIMULATED_BANNER, status_line
+from client_cli.session import Session
+
+__all__ = ["create_proxy_app", "run_proxy"]
+
+MAX_REQUEST = 4 * 1024 * 1024
+
+
+def _error(status: int, message: str, kind: str = "openpcc_error") -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}},
+                        status_code=status)
+
+
+def create_proxy_app(session: Session) -> Starlette:
+    async def forward(request: Request) -> Response:
+        path = request.url.path
+        payload: dict[str, object] | None = None
+        if request.method == "POST":
+            raw = await request.body()
+            if len(raw) > MAX_REQUEST:
+                return _error(413, "request too large")
+            try:
+                body = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                return _error(400, "request body is not JSON", "invalid_request_error")
+            if not isinstance(body, dict):
+                return _error(400, "request body must be an object", "invalid_request_error")
+            payload = body
+        stream = bool(payload and payload.get("stream") is True)
+        events = session.stream(request.method, path, payload)
+        try:
+            first = await anext(events)
+        except OpenPCCError as e:
+            return _error(502, f"node not usable: {e}")
+        except StopAsyncIteration:
+            return _error(502, "the node sent an empty answer")
+        status = first.head.status if first.head is not None else 502
+        if stream and status == 200:
+            async def body_iter() -> AsyncIterator[bytes]:
+                try:
+                    async for ev in events:
+                        yield ev.data
+                except OpenPCCError as e:
+                    err = {"error": {"message": str(e), "type": "openpcc_error"}}
+                    yield b"data: " + json.dumps(err).encode() + b"\n\n"
+
+            return StreamingResponse(body_iter(), media_type="text/event-stream")
+        data = bytearray()
+        try:
+            async for ev in events:
+                data += ev.data
+        except OpenPCCError as e:
+            return _error(502, f"answer failed: {e}")
+        return Response(bytes(data), status_code=status, media_type="application/json")
+
+    routes = [
+        Route("/v1/chat/completions", forward, methods=["POST"]),
+        Route("/v1/completions", forward, methods=["POST"]),
+        Route("/v1/models", forward, methods=["GET"]),
+    ]
+    return Starlette(routes=routes)
+
+
+def run_proxy(session: Session, host: str, port: int, url: str) -> None:
+    console = Console(stderr=True, highlight=False)
+
+    async def main() -> None:
+        try:
+            await session.node()
+        except OpenPCCError:
+            raise
+        except TransportError:
+            raise
+        console.print(status_line(session.last_run, url))
+        if session.last_run is not None and session.last_run.node is not None and \
+                session.last_run.node.simulated:
+            console.print(f"[bold red]{SIMULATED_BANNER}[/]")
+        console.print(f"OpenAI-compatible proxy on http://{host}:{port}/v1 -> {url}")
+        server = uvicorn.Server(uvicorn.Config(create_proxy_app(session), host=host, port=port,
+                                               access_log=False, log_level="warning"))
+        await server.serve()
+        await session.aclose()
+
+    asyncio.run(main())

@@ -1,0 +1,324 @@
+"""The verified, encrypted channel to one node.
+
+Nothing leaves this module toward ``/v1/ohttp`` unless :func:`attest.bundle.run_verification`
+produced a :class:`VerifiedNode` in this process: :func:`seal_request` demands one. Verification is
+cached per node and key id, and redone on key rotation, on any decryption failure and on a schedule.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+import httpx
+
+from attest.bundle import ClientPolicy, TrustAnchors, VerificationRun, VerifiedNode, run_verification
+from attest.errors import DecryptError, OpenPCCError, ParseError, TransportError
+from client_cli.trust import FileCheckpointStore
+from server.bhttp_stream import ResponseHead, StreamingResponseDecoder
+from server.ohttp import BhttpRequest, ChunkedRequestSealer, ChunkedResponseOpener, encode_request
+
+__all__ = [
+    "MAX_BUNDLE_BYTES",
+    "MAX_SSE_LINE",
+    "Session",
+    "SseDecoder",
+    "StreamEvent",
+    "seal_request",
+]
+
+MAX_BUNDLE_BYTES = 2 * 1024 * 1024
+MAX_SSE_LINE = 1024 * 1024
+REVERIFY_AFTER_S = 600.0
+CHUNKED_REQ = "message/ohttp-chunked-req"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    kind: Literal["head", "data"]
+    head: ResponseHead | None = None
+    data: bytes = b""
+
+
+def seal_request(
+    node: VerifiedNode, method: str, path: str, body: bytes | None
+) -> tuple[bytes, ChunkedResponseOpener]:
+    """Encrypt one inner request to a verified node (and only to one)."""
+    if not isinstance(node, VerifiedNode):
+        raise TypeError("seal_request needs a VerifiedNode from attest.bundle")
+    headers: tuple[tuple[str, str], ...] = ()
+    if body is not None:
+        headers = (("content-type", "application/json"),)
+    inner = encode_request(
+        BhttpRequest(method, "https", "openpcc.node", path, headers, body or b"")
+    )
+    sealer = ChunkedRequestSealer(node.key_config)
+    return sealer.header() + sealer.seal_chunk(inner, final=True), sealer.response_opener()
+
+
+class SseDecoder:
+    """Server-sent events to JSON payloads; one line is bounded by ``MAX_SSE_LINE``."""
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self.done = False
+
+    def feed(self, data: bytes) -> list[dict[str, object]]:
+        self._buf += data
+        out: list[dict[str, object]] = []
+        while b"\n" in self._buf:
+            line, self._buf = self._buf.split(b"\n", 1)
+            line = line.rstrip(b"\r")
+            if not line.startswith(b"data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                self.done = True
+                continue
+            try:
+                event = json.loads(payload)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ParseError("the node sent a malformed server-sent event") from e
+            if isinstance(event, dict):
+                out.append(event)
+        if len(self._buf) > MAX_SSE_LINE:
+            raise ParseError("a server-sent event line exceeds 1 MiB")
+        return out
+
+
+class Session:
+    """One node: verify, then send encrypted requests; re-verify when the node's key changes."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        trust: TrustAnchors,
+        policy: ClientPolicy,
+        checkpoints: FileCheckpointStore | None = None,
+        nonce_mode: Literal["auto", "none"] = "auto",
+        timeout: float = 600.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        now: datetime | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.trust = trust
+        self.policy = policy
+        self.checkpoints = checkpoints
+        self.nonce_mode = nonce_mode
+        self.now = now
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout, connect=10.0), transport=transport,
+            follow_redirects=False,
+        )
+        self.last_run: VerificationRun | None = None
+        self.verify_seconds = 0.0
+        self._node: VerifiedNode | None = None
+        self._verified_mono = 0.0
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Session:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- verification ---------------------------------------------------------------------------
+
+    async def fetch_bundle(self, nonce: bytes | None) -> Mapping[str, object]:
+        params = {"nonce": nonce.hex()} if nonce is not None else None
+        raw = await self._get_bounded("/v1/attestation", params, MAX_BUNDLE_BYTES)
+        try:
+            bundle = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ParseError("the attestation bundle is not JSON") from e
+        if not isinstance(bundle, dict):
+            raise ParseError("the attestation bundle is not a JSON object")
+        return bundle
+
+    async def _get_bounded(
+        self, path: str, params: Mapping[str, str] | None, limit: int
+    ) -> bytes:
+        try:
+            async with self._http.stream("GET", self.url + path, params=params) as r:
+                if r.status_code != 200:
+                    raise TransportError(f"GET {path}: HTTP {r.status_code}")
+                buf = bytearray()
+                async for piece in r.aiter_bytes():
+                    buf += piece
+                    if len(buf) > limit:
+                        raise TransportError(f"GET {path}: response exceeds {limit} bytes")
+                return bytes(buf)
+        except httpx.HTTPError as e:
+            raise TransportError(
+                f"cannot reach {self.url}: {type(e).__name__}",
+                hint="is the appliance up? `openpcc-appliance status`",
+            ) from e
+
+    async def _consistency_proof(self, old: int, new: int) -> list[bytes]:
+        raw = await self._get_bounded(
+            "/v1/log/consistency", {"from": str(old), "to": str(new)}, 64 * 1024
+        )
+        try:
+            proof = json.loads(raw)["proof"]
+            return [bytes.fromhex(p) for p in proof]
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise ParseError("malformed consistency proof") from e
+
+    async def verify(self) -> VerificationRun:
+        """Fetch a fresh bundle and run every check; never raises for a failed check."""
+        t0 = time.perf_counter()
+        nonce = secrets.token_bytes(32) if self.nonce_mode == "auto" else None
+        self._node = None
+        bundle = await self.fetch_bundle(nonce)
+        proofs: dict[tuple[int, int], list[bytes]] = {}
+        tl = bundle.get("tlog")
+        if self.checkpoints is not None and isinstance(tl, dict):
+            await self._prefetch_consistency(tl, proofs)
+        run = run_verification(
+            bundle, trust=self.trust, policy=self.policy, nonce=nonce, now=self.now,
+            checkpoints=self.checkpoints,
+            consistency=lambda a, b: proofs.get((a, b), []),
+        )
+        self.verify_seconds = time.perf_counter() - t0
+        self.last_run = run
+        if run.node is not None:
+            self._node = run.node
+            self._verified_mono = time.monotonic()
+        return run
+
+    async def _prefetch_consistency(
+        self, tl: Mapping[str, object], proofs: dict[tuple[int, int], list[bytes]]
+    ) -> None:
+        # The verifier is synchronous; fetch the one proof it may need up front. The checkpoint
+        # it will check is re-verified there, so a lie here only makes verification fail.
+        assert self.checkpoints is not None
+        note = tl.get("checkpoint")
+        if not isinstance(note, str):
+            return
+        try:
+            from attest import tlog
+
+            cp = tlog.open_checkpoint(note, list(self.trust.log_keys))
+            last = self.checkpoints.last(cp.origin)
+        except OpenPCCError:
+            return
+        if last is not None and cp.size > last.size:
+            proofs[(last.size, cp.size)] = await self._consistency_proof(last.size, cp.size)
+
+    async def node(self) -> VerifiedNode:
+        """The verified node, verifying first when needed; raises the failing check's error."""
+        fresh = time.monotonic() - self._verified_mono < REVERIFY_AFTER_S
+        if self._node is not None and fresh:
+            return self._node
+        run = await self.verify()
+        if run.node is None:
+            assert run.error is not None
+            raise run.error
+        return run.node
+
+    # -- requests -------------------------------------------------------------------------------
+
+    async def stream(
+        self, method: str, path: str, payload: Mapping[str, object] | None
+    ) -> AsyncIterator[StreamEvent]:
+        """Send one encrypted request; yield the inner response's head, then its body pieces.
+
+        On a decryption failure or a key the node no longer accepts, the node is verified again
+        and the request sent once more, to the freshly verified key.
+        """
+        body = json.dumps(payload).encode() if payload is not None else None
+        for attempt in (0, 1):
+            node = await self.node()
+            enc, opener = seal_request(node, method, path, body)
+            try:
+                async for ev in self._exchange(enc, opener):
+                    yield ev
+                return
+            except _StaleKeyError:
+                self._node = None
+                if attempt == 1:
+                    raise DecryptError("the node refused the request twice after re-verification")
+
+    async def _exchange(
+        self, enc: bytes, opener: ChunkedResponseOpener
+    ) -> AsyncIterator[StreamEvent]:
+        decoder = StreamingResponseDecoder()
+        started = False
+        try:
+            async with self._http.stream(
+                "POST", self.url + "/v1/ohttp", content=enc,
+                headers={"content-type": CHUNKED_REQ, "accept": "message/ohttp-chunked-res"},
+            ) as r:
+                if r.status_code == 400:
+                    text = (await r.aread())[:512]
+                    if b"ohttp-key" in text or b"could not decrypt" in text:
+                        raise _StaleKeyError
+                    raise TransportError("the node refused the request: bad request")
+                if r.status_code == 413:
+                    raise TransportError("the request is too large for the node")
+                if r.status_code != 200:
+                    raise TransportError(f"the node answered HTTP {r.status_code} (busy or "
+                                         "unavailable)", hint="try again shortly")
+                async for piece in r.aiter_raw():
+                    for plain in opener.feed(piece):
+                        head, pieces = decoder.feed(plain)
+                        if head is not None:
+                            started = True
+                            yield StreamEvent("head", head=head)
+                        for p in pieces:
+                            yield StreamEvent("data", data=p)
+        except httpx.HTTPError as e:
+            raise TransportError(
+                f"connection to {self.url} failed mid-answer: {type(e).__name__}"
+            ) from e
+        opener.close()  # a stream without its sealed final chunk is truncation, never an answer
+        head, pieces = decoder.finish()
+        if head is not None and not started:
+            yield StreamEvent("head", head=head)
+        for p in pieces:
+            yield StreamEvent("data", data=p)
+
+    async def request_json(
+        self, method: str, path: str, payload: Mapping[str, object] | None
+    ) -> tuple[int, dict[str, object]]:
+        status = 0
+        body = bytearray()
+        async for ev in self.stream(method, path, payload):
+            if ev.kind == "head" and ev.head is not None:
+                status = ev.head.status
+            else:
+                body += ev.data
+                if len(body) > MAX_BUNDLE_BYTES * 8:
+                    raise TransportError("the answer exceeds 16 MiB")
+        try:
+            data = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ParseError("the node's answer is not JSON") from e
+        if not isinstance(data, dict):
+            raise ParseError("the node's answer is not a JSON object")
+        return status, data
+
+
+class _StaleKeyError(Exception):
+    pass
+
+
+def delta_text(event: Mapping[str, object]) -> str:
+    """The text an OpenAI streaming chunk adds (chat ``delta.content`` or completion ``text``)."""
+    choices = event.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return ""
+    c = choices[0]
+    delta = c.get("delta")
+    if isinstance(delta, dict) and isinstance(delta.get("content"), str):
+        return str(delta["content"])
+    text = c.get("text")
+    return text if isinstance(text, str) else ""

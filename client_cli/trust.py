@@ -1,0 +1,186 @@
+"""The client's trust store, policy and checkpoint memory, under the user's config directory.
+
+Layout (``$OPENPCC_CONFIG_DIR``, else ``$XDG_CONFIG_HOME/openpcc``, else ``~/.config/openpcc``)::
+
+    log-keys.txt            transparency-log verifier keys (C2SP ``name+hash+base64``), one a line
+    simulation-roots.pem    roots of SIMULATED evidence: present only after `openpcc trust --simulated`
+    policy.toml             optional policy (strict: unknown keys and an empty file are errors)
+    checkpoints/<hash>.txt  the last checkpoint accepted per log origin, to refuse rollbacks and forks
+
+The pinned AMD and NVIDIA roots come from the package, never from this directory or the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from attest import tlog
+from attest.bundle import SKIPPABLE_CHECKS, ClientPolicy, TrustAnchors
+from attest.errors import ParseError, VerificationError
+from attest.nvgpu import pinned_nvidia_roots
+from attest.sevsnp.validate import SnpPolicy
+from attest.sevsnp.verify import load_certificates, pinned_roots
+
+__all__ = [
+    "FileCheckpointStore",
+    "TrustStore",
+    "config_dir",
+    "load_policy",
+]
+
+
+def config_dir() -> Path:
+    env = os.environ.get("OPENPCC_CONFIG_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "openpcc"
+
+
+def _write_private(path: Path, data: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(data)
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True, slots=True)
+class TrustStore:
+    directory: Path
+
+    @classmethod
+    def default(cls) -> TrustStore:
+        return cls(config_dir())
+
+    @property
+    def log_keys_path(self) -> Path:
+        return self.directory / "log-keys.txt"
+
+    @property
+    def simulation_path(self) -> Path:
+        return self.directory / "simulation-roots.pem"
+
+    @property
+    def policy_path(self) -> Path:
+        return self.directory / "policy.toml"
+
+    def log_keys(self) -> list[tlog.VerifierKey]:
+        if not self.log_keys_path.exists():
+            return []
+        lines = [ln.strip() for ln in self.log_keys_path.read_text().splitlines()]
+        return [tlog.VerifierKey.parse(ln) for ln in lines if ln and not ln.startswith("#")]
+
+    def add_log_key(self, key: str) -> tlog.VerifierKey:
+        vkey = tlog.VerifierKey.parse(key.strip())
+        existing = [k.encode() for k in self.log_keys()]
+        if vkey.encode() not in existing:
+            _write_private(self.log_keys_path, "\n".join([*existing, vkey.encode()]) + "\n")
+        return vkey
+
+    def simulation_roots(self) -> list[x509.Certificate]:
+        if not self.simulation_path.exists():
+            return []
+        return load_certificates(self.simulation_path.read_bytes())
+
+    def trust_simulation(self, pem: bytes) -> list[x509.Certificate]:
+        certs = load_certificates(pem)
+        for c in certs:
+            if c.issuer != c.subject:
+                raise ParseError(f"{c.subject.rfc4514_string()} is not a self-signed root")
+        _write_private(self.simulation_path, pem.decode())
+        return certs
+
+    def untrust_simulation(self) -> bool:
+        if self.simulation_path.exists():
+            self.simulation_path.unlink()
+            return True
+        return False
+
+    def anchors(self) -> TrustAnchors:
+        sim = tuple(self.simulation_roots())
+        return TrustAnchors(
+            amd_roots=tuple(pinned_roots()),
+            nvidia_roots=tuple(pinned_nvidia_roots()),
+            log_keys=tuple(self.log_keys()),
+            simulation_snp_roots=sim,
+            simulation_gpu_roots=sim,
+        )
+
+    def checkpoints(self) -> FileCheckpointStore:
+        return FileCheckpointStore(self.directory / "checkpoints", self.log_keys())
+
+
+class FileCheckpointStore:
+    """The last accepted checkpoint per origin; a stored note is re-verified when read."""
+
+    def __init__(self, directory: Path, keys: list[tlog.VerifierKey]) -> None:
+        self._dir = directory
+        self._keys = keys
+
+    def _path(self, origin: str) -> Path:
+        return self._dir / (hashlib.sha256(origin.encode()).hexdigest()[:32] + ".txt")
+
+    def last(self, origin: str) -> tlog.Checkpoint | None:
+        path = self._path(origin)
+        if not path.exists():
+            return None
+        try:
+            return tlog.open_checkpoint(path.read_text(), self._keys)
+        except (ParseError, VerificationError) as e:
+            raise VerificationError(
+                "transparency-log",
+                f"the stored checkpoint {path} no longer verifies: {e}",
+                hint="the log key changed or the file was edited; inspect it before deleting it",
+            ) from e
+
+    def save(self, checkpoint: tlog.Checkpoint) -> None:
+        _write_private(self._path(checkpoint.origin), checkpoint.note)
+
+
+_POLICY_SECTIONS = {"snp", "gpu", "skip"}
+
+
+def load_policy(path: Path | None) -> ClientPolicy:
+    """The policy file, or the floor when there is none.
+
+    Strict: an empty file, an unknown section or key is an error naming it; checks may be
+    skipped only by naming them under ``[skip] checks = [...]``.
+    """
+    if path is None or not path.exists():
+        return ClientPolicy(snp=SnpPolicy())
+    try:
+        data: dict[str, Any] = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ParseError(f"policy {path}: {e}") from e
+    if not data:
+        raise ParseError(f"policy {path} is empty: remove it to use the floor, or state a policy")
+    unknown = set(data) - _POLICY_SECTIONS
+    if unknown:
+        raise ParseError(f"policy {path}: unknown section(s) {sorted(unknown)}")
+    gpu = dict(data.get("gpu", {}))
+    min_gpus = gpu.pop("min_gpus", 1)
+    if gpu:
+        raise ParseError(f"policy {path}: unknown key(s) in [gpu]: {sorted(gpu)}")
+    skip = dict(data.get("skip", {}))
+    checks = skip.pop("checks", [])
+    if skip:
+        raise ParseError(f"policy {path}: unknown key(s) in [skip]: {sorted(skip)}")
+    if not isinstance(checks, list) or not all(isinstance(c, str) for c in checks):
+        raise ParseError(f"policy {path}: [skip] checks must be a list of check names")
+    if not isinstance(min_gpus, int) or min_gpus < 0:
+        raise ParseError(f"policy {path}: [gpu] min_gpus must be a non-negative integer")
+    bad = set(checks) - SKIPPABLE_CHECKS
+    if bad:
+        raise ParseError(f"policy {path}: check(s) {sorted(bad)} cannot be skipped")
+    return ClientPolicy(
+        snp=SnpPolicy.from_mapping(data["snp"]) if "snp" in data else SnpPolicy(),
+        min_gpus=min_gpus,
+        skip=frozenset(checks),
+    )

@@ -1,0 +1,204 @@
+"""``openpcc verify-gpu`` and ``openpcc verify-tdx``: check one piece of evidence offline.
+
+Each prints every check (name, ok, detail) as a table, or with ``--json``
+``{"ok", "checks": [{"name", "ok", "detail"}], "report" | "quote": {...}}``. Exit codes follow
+``attest.errors.EXIT_CODES``: 0 ok, 3 unparsable, 4 signature or chain failure, 5 policy.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from attest.errors import OpenPCCError, ParseError, PolicyError, VerificationError, exit_code_for
+from attest.nvgpu.abi import NONCE_SIZE, parse_gpu_report
+from attest.nvgpu.verify import load_gpu_chain, run_gpu_checks
+from attest.tdx.abi import parse_quote
+from attest.tdx.validate import TdxPolicy, validate_quote
+from attest.tdx.verify import run_quote_checks
+
+__all__ = ["verify_gpu", "verify_tdx"]
+
+_HEX = frozenset(string.hexdigits)
+
+
+def _parse_at(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"not an ISO-8601 time: {value}", param_hint="--at") from exc
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _parse_nonce(value: str | None) -> bytes | None:
+    if value is None:
+        return None
+    try:
+        nonce = bytes.fromhex(value)
+    except ValueError as exc:
+        raise typer.BadParameter("nonce must be hex", param_hint="--nonce") from exc
+    if len(nonce) != NONCE_SIZE:
+        raise typer.BadParameter(f"nonce must be {NONCE_SIZE} bytes", param_hint="--nonce")
+    return nonce
+
+
+def _read_evidence(path: Path) -> bytes:
+    """Raw bytes, or hex text (as NVIDIA's tools and the test vectors store reports)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read {path}: {exc}") from exc
+    text = b"".join(data.split())
+    if text and len(text) % 2 == 0 and all(chr(c) in _HEX for c in text):
+        return bytes.fromhex(text.decode("ascii"))
+    return data
+
+
+def _emit(
+    *,
+    title: str,
+    checks: list[tuple[str, bool, str]],
+    key: str,
+    parsed: dict[str, Any] | None,
+    as_json: bool,
+    error: OpenPCCError | None,
+) -> None:
+    ok = error is None and all(passed for _, passed, _ in checks)
+    if as_json:
+        doc: dict[str, Any] = {
+            "ok": ok,
+            "checks": [{"name": n, "ok": p, "detail": d} for n, p, d in checks],
+        }
+        if parsed is not None:
+            doc[key] = parsed
+        typer.echo(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        table = Table(title=title)
+        table.add_column("check")
+        table.add_column("ok")
+        table.add_column("detail", overflow="fold")
+        for name, passed, detail in checks:
+            table.add_row(name, "[green]yes[/]" if passed else "[red]NO[/]", detail)
+        console = Console()
+        console.print(table)
+        if error is not None:
+            console.print(f"[red]FAILED[/] {error}")
+            if error.hint:
+                console.print(f"hint: {error.hint}")
+        else:
+            console.print("[green]OK[/]")
+    if error is not None:
+        raise typer.Exit(exit_code_for(error))
+
+
+def _failed(name: str, error: OpenPCCError) -> tuple[str, bool, str]:
+    if isinstance(error, VerificationError):
+        return (error.check, False, error.detail)
+    if isinstance(error, PolicyError):
+        return (error.check, False, "; ".join(error.violations))
+    return (name, False, str(error))
+
+
+def verify_gpu(
+    report: Annotated[Path, typer.Argument(help="SPDM attestation report (raw or hex)")],
+    certs: Annotated[Path, typer.Option("--certs", help="PEM certificate chain, leaf first")],
+    nonce: Annotated[
+        str | None, typer.Option("--nonce", help="expected request nonce (64 hex chars)")
+    ] = None,
+    at: Annotated[
+        str | None, typer.Option("--at", help="check certificate validity at this ISO-8601 time")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Verify an NVIDIA GPU attestation report against the pinned NVIDIA root."""
+    when = _parse_at(at)
+    expected = _parse_nonce(nonce)
+    checks: list[tuple[str, bool, str]] = []
+    parsed: dict[str, Any] | None = None
+    error: OpenPCCError | None = None
+    try:
+        gpu = parse_gpu_report(_read_evidence(report))
+        parsed = gpu.to_dict()
+        checks.append(("gpu-parse", True, f"SPDM {parsed['spdm_version']}, {gpu.length} bytes"))
+        chain = load_gpu_chain(certs.read_bytes())
+        if not chain:
+            raise ParseError(f"{certs} holds no certificates")
+        record: list[tuple[str, str]] = []
+        try:
+            run_gpu_checks(
+                gpu, chain, nonce=expected, roots=None, now=when, rims=None, record=record
+            )
+        finally:
+            checks.extend((name, True, detail) for name, detail in record)
+        if gpu.cc_enabled is None:
+            checks.append(("gpu-cc", True, "report carries no signed CC flag (older firmware)"))
+        else:
+            checks.append(("gpu-cc", gpu.cc_enabled, f"CC mode {gpu.cc_mode}"))
+    except OSError as exc:
+        error = ParseError(f"cannot read {certs}: {exc}")
+        checks.append(_failed("gpu-parse", error))
+    except OpenPCCError as exc:
+        error = exc
+        checks.append(_failed("gpu-parse", exc))
+    if error is None and not all(ok for _, ok, _ in checks):
+        error = PolicyError(["cc_enabled: report False, required True"], check="gpu-cc")
+    _emit(
+        title="NVIDIA GPU attestation",
+        checks=checks,
+        key="report",
+        parsed=parsed,
+        as_json=as_json,
+        error=error,
+    )
+
+
+def verify_tdx(
+    quote: Annotated[Path, typer.Argument(help="TDX DCAP quote (v4 or v5, raw or hex)")],
+    policy: Annotated[
+        Path | None, typer.Option("--policy", help="TOML policy (debug, MRTD, RTMRs, report data)")
+    ] = None,
+    at: Annotated[
+        str | None, typer.Option("--at", help="check certificate validity at this ISO-8601 time")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Verify an Intel TDX quote to the pinned Intel SGX Root CA, then apply a policy."""
+    when = _parse_at(at)
+    checks: list[tuple[str, bool, str]] = []
+    parsed: dict[str, Any] | None = None
+    error: OpenPCCError | None = None
+    try:
+        rules = TdxPolicy.from_toml(policy) if policy is not None else None
+        tdx = parse_quote(_read_evidence(quote))
+        parsed = tdx.to_dict()
+        checks.append(("tdx-parse", True, f"quote v{tdx.version}, {len(tdx.raw)} bytes"))
+        record: list[tuple[str, str]] = []
+        try:
+            run_quote_checks(tdx, roots=None, now=when, collateral=None, record=record)
+        finally:
+            checks.extend((name, True, detail) for name, detail in record)
+        if rules is not None:
+            checks.extend((name, True, detail) for name, detail in validate_quote(tdx, rules))
+    except OSError as exc:
+        error = ParseError(f"cannot read {policy}: {exc}")
+        checks.append(_failed("tdx-policy-file", error))
+    except OpenPCCError as exc:
+        error = exc
+        checks.append(_failed("tdx-parse", exc))
+    _emit(
+        title="Intel TDX quote",
+        checks=checks,
+        key="quote",
+        parsed=parsed,
+        as_json=as_json,
+        error=error,
+    )

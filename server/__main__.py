@@ -1,0 +1,5 @@
+import typer
+
+from server.app import main
+
+typer.run(main)

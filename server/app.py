@@ -1,0 +1,131 @@
+"""Assemble the gateway from its configuration and run it: ``python -m server --config FILE``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import typer
+import uvicorn
+
+from attest.errors import OpenPCCError
+from server.attestation import (
+    BundleBuilder,
+    ConfigfsSnpProvider,
+    CpuEvidenceProvider,
+    GpuEvidenceProvider,
+    NoGpuProvider,
+    SimulatedGpuProvider,
+    SimulatedSnpProvider,
+)
+from server.config import GatewayConfig, load_config
+from server.engines import EngineSupervisor
+from server.gateway import GatewayState, LogView, create_app
+from server.keys import KeyRing
+
+__all__ = ["build_state", "main", "serve"]
+
+
+class _ReloadingLog:
+    """The release log, reopened when the operator appends (the file grows)."""
+
+    def __init__(self, directory: Path, manifest: bytes) -> None:
+        from cvm_boot.tlog import TransparencyLog, bundle_entry
+
+        self._open = TransparencyLog.open
+        self._entry = bundle_entry
+        self._dir = directory
+        self._manifest = manifest
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int] | None = None
+        self._log = self._reload()
+
+    def _reload(self) -> object:
+        st = (self._dir / "entries").stat() if (self._dir / "entries").exists() else None
+        self._stamp = (st.st_size, st.st_mtime_ns) if st else None
+        return self._open(self._dir)
+
+    def _current(self):  # type: ignore[no-untyped-def]
+        with self._lock:
+            path = self._dir / "entries"
+            st = path.stat() if path.exists() else None
+            stamp = (st.st_size, st.st_mtime_ns) if st else None
+            if stamp != self._stamp:
+                self._log = self._reload()
+            return self._log
+
+    def view(self) -> LogView:
+        return LogView(
+            entry=lambda: self._entry(self._current(), self._manifest),
+            checkpoint=lambda: self._current().checkpoint(),
+            consistency=lambda a, b: self._current().consistency_proof(a, b),
+        )
+
+
+def build_state(cfg: GatewayConfig) -> GatewayState:
+    from attest.binding import canonical_json
+
+    manifest = json.loads(cfg.manifest.read_text())
+    measurement = bytes.fromhex(str(manifest["measurement"]))
+    cpu: CpuEvidenceProvider
+    if cfg.attestation == "simulated":
+        cpu = SimulatedSnpProvider(cfg.sim_dir / "snp", measurement)
+    elif cfg.attestation == "configfs":
+        cpu = ConfigfsSnpProvider()
+    else:
+        raise OpenPCCError(f"unknown attestation provider {cfg.attestation!r}")
+    gpu: GpuEvidenceProvider
+    if cfg.gpu == "simulated":
+        gpu = SimulatedGpuProvider(cfg.sim_dir / "gpu", cfg.gpu_count)
+    elif cfg.gpu == "none":
+        gpu = NoGpuProvider()
+    else:
+        raise OpenPCCError(f"unknown GPU evidence provider {cfg.gpu!r}")
+    keys = KeyRing(
+        rotation_s=cfg.key_rotation_s,
+        overlap_s=cfg.key_overlap_s,
+        replay_max_per_key=cfg.replay_max_per_key,
+    )
+    log = _ReloadingLog(cfg.log_dir, canonical_json(manifest)).view()
+    bundles = BundleBuilder(cpu=cpu, gpu=gpu, keys=keys, manifest=manifest,
+                            tlog_entry=log.entry)
+    engine = EngineSupervisor(cfg.engine, log_path=cfg.engine_log)
+    return GatewayState(config=cfg, keys=keys, bundles=bundles, engine=engine, log=log)
+
+
+async def serve(cfg: GatewayConfig) -> None:
+    state = build_state(cfg)
+    state.bundles.build(None)  # fail at start, not at the first client, if evidence is broken
+    app = create_app(state)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host=cfg.host, port=cfg.port, access_log=False, log_level="warning",
+            lifespan="on", timeout_keep_alive=30, h11_max_incomplete_event_size=64 * 1024,
+        )
+    )
+    await state.engine.start()
+    try:
+        await server.serve()
+    finally:
+        await state.engine.stop()
+
+
+def main(config: Path = typer.Option(..., "--config", help="gateway TOML")) -> None:
+    """Run the sealed gateway (and supervise its engine) until SIGTERM."""
+    try:
+        cfg = load_config(config)
+        print(f"openpcc gateway: {cfg.attestation} attestation, engine {cfg.engine.kind}, "
+              f"listening on {cfg.host}:{cfg.port}", file=sys.stderr, flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(cfg))
+    except OpenPCCError as e:
+        print(f"openpcc gateway: {e}", file=sys.stderr)
+        raise typer.Exit(1) from e
+
+
+_ = signal

@@ -1,0 +1,163 @@
+"""Evidence providers and the attestation bundle the gateway serves (DESIGN.md section 3).
+
+A provider turns REPORT_DATA into a hardware report: the Linux configfs-tsm interface inside a
+real SEV-SNP guest, or the simulated signer (which says SIMULATED in its TEE name). The bundle
+builder binds the current key configuration, the GPU evidence and the release manifest into
+REPORT_DATA, so a client can check that all of them come from this one node.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Protocol
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from attest import binding
+from attest.nvgpu import SimulatedGpu
+from attest.sevsnp.configfs import collect_report
+from attest.sevsnp.sim import SimulatedSnpSigner
+from server.keys import KeyRing
+
+__all__ = [
+    "BundleBuilder",
+    "ConfigfsSnpProvider",
+    "CpuEvidenceProvider",
+    "GpuEvidenceProvider",
+    "NoGpuProvider",
+    "SimulatedGpuProvider",
+    "SimulatedSnpProvider",
+]
+
+
+class CpuEvidenceProvider(Protocol):
+    tee: str
+
+    def evidence(self, report_data: bytes) -> tuple[bytes, str]:
+        """(raw hardware report, PEM chain of its signing key)."""
+        ...
+
+
+class GpuEvidenceProvider(Protocol):
+    def evidence(self, nonce: bytes) -> list[dict[str, str]]:
+        """One ``{"vendor", "evidence", "certs"}`` entry per GPU, requested with ``nonce``."""
+        ...
+
+
+class ConfigfsSnpProvider:
+    """A real SEV-SNP guest: reports come from the AMD secure processor through configfs-tsm."""
+
+    tee = "sev-snp"
+
+    def __init__(self, root: Path = Path("/sys/kernel/config/tsm/report"), *,
+                 extra_certs_pem: str = "") -> None:
+        self._root = root
+        self._extra = extra_certs_pem
+
+    def evidence(self, report_data: bytes) -> tuple[bytes, str]:
+        raw, certs = collect_report(report_data, root=self._root)
+        pem = "".join(c.public_bytes(Encoding.PEM).decode() for c in certs)
+        return raw, pem + self._extra
+
+
+class SimulatedSnpProvider:
+    """SIMULATED: an SEV-SNP-format report signed by a chain generated at install time."""
+
+    tee = "sim-sev-snp"
+
+    def __init__(self, directory: Path, measurement: bytes) -> None:
+        self._signer = SimulatedSnpSigner.load(directory)
+        self._measurement = measurement
+        self._chain = self._signer.chain_pem().decode()
+
+    def evidence(self, report_data: bytes) -> tuple[bytes, str]:
+        return self._signer.sign(report_data=report_data, measurement=self._measurement), (
+            self._chain
+        )
+
+
+class SimulatedGpuProvider:
+    """SIMULATED: H100-format SPDM evidence from a generated chain, CC mode reported on."""
+
+    def __init__(self, directory: Path, count: int = 1) -> None:
+        self._gpu = SimulatedGpu.load(directory)
+        self._count = count
+        self._chain = self._gpu.chain_pem().decode()
+
+    def evidence(self, nonce: bytes) -> list[dict[str, str]]:
+        return [
+            {
+                "vendor": "sim-nvidia",
+                "evidence": base64.b64encode(self._gpu.evidence(nonce)).decode(),
+                "certs": self._chain,
+            }
+            for _ in range(self._count)
+        ]
+
+
+class NoGpuProvider:
+    def evidence(self, nonce: bytes) -> list[dict[str, str]]:
+        return []
+
+
+class BundleBuilder:
+    """Builds bundles; the nonce-less one is cached until the key or the log changes."""
+
+    def __init__(
+        self,
+        *,
+        cpu: CpuEvidenceProvider,
+        gpu: GpuEvidenceProvider,
+        keys: KeyRing,
+        manifest: Mapping[str, object],
+        tlog_entry: Callable[[], dict[str, object]],
+    ) -> None:
+        self._cpu = cpu
+        self._gpu = gpu
+        self._keys = keys
+        self._manifest = dict(manifest)
+        self._tlog_entry = tlog_entry
+        self._lock = threading.Lock()
+        self._cached: tuple[tuple[int, object], dict[str, object]] | None = None
+        keys.on_rotate(self.invalidate)
+
+    @property
+    def tee(self) -> str:
+        return self._cpu.tee
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._cached = None
+
+    def build(self, nonce: bytes | None) -> dict[str, object]:
+        key_config = self._keys.current_config.encode()
+        tl = self._tlog_entry()
+        if nonce is None:
+            stamp = (self._keys.generation, tl.get("tree_size"))
+            with self._lock:
+                if self._cached is not None and self._cached[0] == stamp:
+                    return self._cached[1]
+        gpus = self._gpu.evidence(binding.gpu_nonce(nonce))
+        rd = binding.report_data(
+            key_config=key_config, gpus=gpus, manifest=self._manifest, nonce=nonce
+        )
+        report, certs = self._cpu.evidence(rd)
+        bundle: dict[str, object] = {
+            "format": "openpcc-attestation/1",
+            "tee": self._cpu.tee,
+            "report": base64.b64encode(report).decode(),
+            "certs": certs,
+            "gpus": gpus,
+            "key_config": base64.b64encode(key_config).decode(),
+            "manifest": self._manifest,
+            "tlog": tl,
+            "nonce": nonce.hex() if nonce is not None else None,
+        }
+        if nonce is None:
+            with self._lock:
+                self._cached = ((self._keys.generation, tl.get("tree_size")), bundle)
+        return bundle
+

@@ -1,0 +1,66 @@
+"""Gateway configuration: limits with defaults that protect a 2-core host, loaded strictly."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from attest.errors import ParseError
+from server.engines import EngineSpec
+
+__all__ = ["GatewayConfig", "load_config"]
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    host: str = "127.0.0.1"
+    port: int = 8480
+    max_body_bytes: int = 1024 * 1024
+    max_concurrent: int = 64
+    request_timeout_s: float = 600.0
+    body_read_timeout_s: float = 30.0
+    key_rotation_s: float = 3600.0
+    key_overlap_s: float = 300.0
+    replay_max_per_key: int = 100_000
+    attestation: str = "simulated"  # "simulated" | "configfs"
+    sim_dir: Path = Path()
+    gpu: str = "simulated"  # "simulated" | "none" | "nvidia"
+    gpu_count: int = 1
+    manifest: Path = Path()
+    measurement_hex: str = ""
+    log_dir: Path = Path()
+    engine: EngineSpec = field(default_factory=lambda: EngineSpec(kind="embedded"))
+    engine_log: Path | None = None
+
+
+_PATHS = {"sim_dir", "manifest", "log_dir", "engine_log"}
+
+
+def load_config(path: Path) -> GatewayConfig:
+    """Read the gateway's TOML; an unknown key is an error that names it."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ParseError(f"gateway config {path}: {e}") from e
+    gw: dict[str, Any] = dict(data.pop("gateway", {}))
+    engine: dict[str, Any] = dict(data.pop("engine", {}))
+    if data:
+        raise ParseError(f"gateway config {path}: unknown section(s) {sorted(data)}")
+    known = {f.name for f in fields(GatewayConfig)} - {"engine"}
+    unknown = set(gw) - known
+    if unknown:
+        raise ParseError(f"gateway config {path}: unknown key(s) {sorted(unknown)}")
+    for k in _PATHS & set(gw):
+        gw[k] = Path(gw[k])
+    eng_known = {f.name for f in fields(EngineSpec)}
+    if set(engine) - eng_known:
+        raise ParseError(f"gateway config {path}: unknown engine key(s) "
+                         f"{sorted(set(engine) - eng_known)}")
+    if "args" in engine:
+        engine["args"] = tuple(engine["args"])
+    try:
+        return GatewayConfig(**gw, engine=EngineSpec(**engine))
+    except TypeError as e:
+        raise ParseError(f"gateway config {path}: {e}") from e

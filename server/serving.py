@@ -1,0 +1,166 @@
+"""The inner OpenAI API, behind the encryption: route, salt the cache, forward to the engine.
+
+No web framework here: requests and responses are Binary HTTP values and byte iterators. Nothing
+in this module logs, stores or puts into an error message any part of a prompt or an answer.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+
+from server.engines import EngineSupervisor
+from server.metrics import Metrics
+from server.ohttp import BhttpRequest
+
+__all__ = ["InnerResponse", "Serving", "openai_error"]
+
+ROUTES = {
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/completions"),
+    ("GET", "/v1/models"),
+}
+_JSON = (("content-type", "application/json"),)
+_SSE = (("content-type", "text/event-stream"), ("cache-control", "no-store"))
+
+
+@dataclass(slots=True)
+class InnerResponse:
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes = b""
+    stream: AsyncIterator[bytes] | None = None
+
+
+def openai_error(status: int, message: str, kind: str) -> InnerResponse:
+    body = json.dumps({"error": {"message": message, "type": kind, "code": status}}).encode()
+    return InnerResponse(status, _JSON, body)
+
+
+class Serving:
+    def __init__(
+        self, engine: EngineSupervisor, metrics: Metrics, *, served_model: str, timeout_s: float
+    ) -> None:
+        self._engine = engine
+        self._metrics = metrics
+        self._model = served_model
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_s, connect=5.0),
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def handle(self, req: BhttpRequest) -> InnerResponse:
+        path = req.path.split("?", 1)[0]
+        if (req.method, path) not in ROUTES:
+            self._metrics.outcome("bad_request")
+            return openai_error(404, f"no route {req.method} {path}", "not_found_error")
+        if self._engine.state != "ready":
+            self._metrics.outcome("unavailable")
+            return openai_error(503, f"engine is {self._engine.state}", "engine_unavailable")
+        url = self._engine.base_url + path
+        if req.method == "GET":
+            return await self._forward_plain("GET", url, None)
+        try:
+            payload = json.loads(req.body or b"{}")
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            self._metrics.outcome("bad_request")
+            return openai_error(400, "request body is not valid JSON", "invalid_request_error")
+        if not isinstance(payload, dict):
+            self._metrics.outcome("bad_request")
+            return openai_error(400, "request body must be a JSON object", "invalid_request_error")
+        payload["model"] = self._model
+        # A fresh salt per request: no user can probe another's prompt through prefix-cache timing.
+        payload["cache_salt"] = secrets.token_urlsafe(16)
+        body = json.dumps(payload).encode()
+        if payload.get("stream") is True:
+            return await self._forward_stream(url, body)
+        return await self._forward_plain("POST", url, body)
+
+    async def _forward_plain(self, method: str, url: str, body: bytes | None) -> InnerResponse:
+        t0 = time.perf_counter()
+        try:
+            r = await self._client.request(
+                method, url, content=body,
+                headers={"content-type": "application/json"} if body is not None else None,
+            )
+        except httpx.TimeoutException:
+            self._metrics.outcome("timeout")
+            return openai_error(504, "engine timed out", "engine_timeout")
+        except httpx.HTTPError as e:
+            self._metrics.outcome("engine_error")
+            return openai_error(502, f"engine failed ({type(e).__name__})", "engine_error")
+        self._metrics.request_seconds.observe(time.perf_counter() - t0)
+        self._metrics.outcome("ok" if r.status_code < 400 else "engine_error")
+        if r.status_code < 400 and body is not None:
+            self._count_usage(r.content)
+        ctype = r.headers.get("content-type", "application/json")
+        return InnerResponse(r.status_code, (("content-type", ctype),), r.content)
+
+    def _count_usage(self, content: bytes) -> None:
+        try:
+            usage = json.loads(content).get("usage") or {}
+            self._metrics.add_tokens(
+                int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+            )
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError, ValueError):
+            return
+
+    async def _forward_stream(self, url: str, body: bytes) -> InnerResponse:
+        t0 = time.perf_counter()
+        request = self._client.build_request(
+            "POST", url, content=body, headers={"content-type": "application/json"}
+        )
+        try:
+            r = await self._client.send(request, stream=True)
+        except httpx.TimeoutException:
+            self._metrics.outcome("timeout")
+            return openai_error(504, "engine timed out", "engine_timeout")
+        except httpx.HTTPError as e:
+            self._metrics.outcome("engine_error")
+            return openai_error(502, f"engine failed ({type(e).__name__})", "engine_error")
+        if r.status_code >= 400:
+            content = await r.aread()
+            await r.aclose()
+            self._metrics.outcome("engine_error")
+            return InnerResponse(r.status_code, _JSON, content)
+        return InnerResponse(200, _SSE, stream=self._relay(r, t0))
+
+    async def _relay(self, r: httpx.Response, t0: float) -> AsyncIterator[bytes]:
+        m = self._metrics
+        m.active_streams += 1
+        tokens = 0
+        last = t0
+        outcome = "ok"
+        try:
+            async for piece in r.aiter_raw():
+                now = time.perf_counter()
+                # Each SSE event from an OpenAI engine carries one token; counting lines is
+                # enough for aggregate metrics and costs nothing on the hot path.
+                n = piece.count(b"data: ") - piece.count(b"data: [DONE]")
+                if n > 0:
+                    if tokens == 0:
+                        m.ttft.observe(now - t0)
+                    else:
+                        m.itl.observe((now - last) / n)
+                    tokens += n
+                    last = now
+                yield piece
+        except httpx.HTTPError as e:
+            outcome = "engine_error"
+            err = {"error": {"message": f"engine failed during generation ({type(e).__name__})",
+                             "type": "engine_error", "code": 502}}
+            yield b"data: " + json.dumps(err).encode() + b"\n\n"
+        finally:
+            m.active_streams -= 1
+            await r.aclose()
+            m.add_tokens(0, tokens)
+            m.request_seconds.observe(time.perf_counter() - t0)
+            m.outcome(outcome)

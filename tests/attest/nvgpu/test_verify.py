@@ -1,0 +1,262 @@
+"""Verifying the real H100 report, and one mutation per row naming the check that fails."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from attest.errors import ParseError, VerificationError
+from attest.nvgpu import (
+    GpuReport,
+    SimulatedGpu,
+    load_gpu_chain,
+    parse_gpu_report,
+    pinned_nvidia_roots,
+    verify_gpu_report,
+)
+from attest.nvgpu.abi import REQUEST_SIZE, RSP_RECORD
+from attest.nvgpu.sim import build_evidence, measurement_block, opaque_item
+from attest.nvgpu.abi import OpaqueFieldId
+
+NOW = datetime(2024, 6, 1, tzinfo=UTC)
+NONCE = bytes.fromhex("931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb")
+RIM_NS = "http://www.w3.org/2001/04/xmlenc#sha384"
+
+
+@pytest.fixture(scope="module")
+def raw(vectors: Path) -> bytes:
+    return bytes.fromhex((vectors / "nvidia" / "hopper_report.hex").read_text().strip())
+
+
+@pytest.fixture(scope="module")
+def report(raw: bytes) -> GpuReport:
+    return parse_gpu_report(raw)
+
+
+@pytest.fixture(scope="module")
+def chain(vectors: Path) -> list[x509.Certificate]:
+    return load_gpu_chain((vectors / "nvidia" / "hopper_cert_chain.pem").read_bytes())
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> SimulatedGpu:
+    return SimulatedGpu.generate(tmp_path_factory.mktemp("simgpu"))
+
+
+def _rim(measurements: dict[int, bytes]) -> bytes:
+    resources = "".join(
+        f'<Resource type="Measurement" index="{i - 1}" active="True" alternatives="1" '
+        f'name="m{i}" size="48" ns:Hash0="{v.hex()}"/>'
+        for i, v in measurements.items()
+    )
+    return (
+        f'<SoftwareIdentity xmlns="http://standards.iso.org/iso/19770/-2/2015/schema.xsd" '
+        f'xmlns:ns="{RIM_NS}"><Payload>{resources}</Payload></SoftwareIdentity>'
+    ).encode()
+
+
+def test_pinned_root_is_the_chain_root(chain: list[x509.Certificate]) -> None:
+    (root,) = pinned_nvidia_roots()
+    assert root == chain[-1]
+    assert root.subject.rfc4514_string() == "O=NVIDIA,CN=NVIDIA Device Identity CA"
+
+
+def test_real_report_verifies(report: GpuReport, chain: list[x509.Certificate]) -> None:
+    verified = verify_gpu_report(report, chain, nonce=NONCE, now=NOW)
+    assert [name for name, _ in verified.checks] == [
+        "gpu-chain",
+        "gpu-signature",
+        "gpu-fwid",
+        "gpu-nonce",
+    ]
+    assert verified.report is report
+
+
+def test_real_report_verifies_with_matching_rims(
+    report: GpuReport, chain: list[x509.Certificate]
+) -> None:
+    m = report.measurements
+    rims = {"driver": _rim({i: m[i] for i in range(1, 10)}), "vbios": _rim({10: m[10]})}
+    verified = verify_gpu_report(report, chain, nonce=NONCE, now=NOW, rims=rims)
+    assert verified.checks[-1][0] == "gpu-rim"
+
+
+def _block_value_offset(report: GpuReport, index: int) -> int:
+    offset = REQUEST_SIZE + RSP_RECORD
+    for block in report.blocks:
+        if block.index == index:
+            return offset + 4 + 3
+        offset += 4 + 3 + len(block.value)
+    raise AssertionError(index)
+
+
+def _flip(raw: bytes, offset: int) -> GpuReport:
+    data = bytearray(raw)
+    data[offset] ^= 0x01
+    return parse_gpu_report(bytes(data))
+
+
+@pytest.mark.parametrize("index", range(1, 65))
+def test_each_measurement_mutation_breaks_the_signature(
+    raw: bytes, report: GpuReport, chain: list[x509.Certificate], index: int
+) -> None:
+    mutated = _flip(raw, _block_value_offset(report, index))
+    assert mutated.measurements[index] != report.measurements[index]
+    with pytest.raises(VerificationError) as err:
+        verify_gpu_report(mutated, chain, nonce=NONCE, now=NOW)
+    assert err.value.check == "gpu-signature"
+
+
+@pytest.mark.parametrize("index", [1, 2, 12, 41, 64])
+def test_each_measurement_against_rim(
+    report: GpuReport, chain: list[x509.Certificate], index: int
+) -> None:
+    wrong = hashlib.sha384(b"not it").digest()
+    with pytest.raises(VerificationError, match=f"index {index} ") as err:
+        verify_gpu_report(
+            report, chain, nonce=NONCE, now=NOW, rims={"driver": _rim({index: wrong})}
+        )
+    assert err.value.check == "gpu-rim"
+
+
+def _mutations(raw: bytes, report: GpuReport) -> list[tuple[str, int]]:
+    return [
+        ("signature r", len(raw) - 96),
+        ("signature s", len(raw) - 1),
+        ("request nonce", 4),
+        ("slot id", REQUEST_SIZE - 1),
+        ("responder nonce", raw.index(report.responder_nonce)),
+        ("opaque fwid", raw.index(report.opaque.fwid)),
+        ("driver version", raw.index(b"550.90.07")),
+    ]
+
+
+@pytest.mark.parametrize("row", range(7))
+def test_signed_byte_mutations(
+    raw: bytes, report: GpuReport, chain: list[x509.Certificate], row: int
+) -> None:
+    _name, offset = _mutations(raw, report)[row]
+    with pytest.raises(VerificationError) as err:
+        verify_gpu_report(_flip(raw, offset), chain, nonce=NONCE, now=NOW)
+    assert err.value.check == "gpu-signature"
+
+
+def test_wrong_nonce(report: GpuReport, chain: list[x509.Certificate]) -> None:
+    with pytest.raises(VerificationError, match="differs from expected") as err:
+        verify_gpu_report(report, chain, nonce=bytes(32), now=NOW)
+    assert err.value.check == "gpu-nonce"
+
+
+def test_no_nonce_is_recorded_as_skipped(report: GpuReport, chain: list[x509.Certificate]) -> None:
+    verified = verify_gpu_report(report, chain, nonce=None, now=NOW)
+    assert ("gpu-nonce", "skipped: no expected nonce given") in verified.checks
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing intermediate", "not signed by the next one"),
+        ("leaf only", "which no pinned root issued"),
+        ("reversed", "not signed by the next one"),
+        ("before validity", "is not valid at"),
+        ("other root", "which no pinned root issued"),
+    ],
+)
+def test_chain_mutations(
+    report: GpuReport,
+    chain: list[x509.Certificate],
+    sim: SimulatedGpu,
+    case: str,
+    message: str,
+) -> None:
+    certs, roots, now = list(chain), None, NOW
+    if case == "missing intermediate":
+        del certs[1]
+    elif case == "leaf only":
+        certs = certs[:1]
+    elif case == "reversed":
+        certs.reverse()
+    elif case == "before validity":
+        now = datetime(2019, 1, 1, tzinfo=UTC)
+    elif case == "other root":
+        roots = [sim.root_certificate()]
+    with pytest.raises(VerificationError, match=message) as err:
+        verify_gpu_report(report, certs, nonce=NONCE, roots=roots, now=now)
+    assert err.value.check == "gpu-chain"
+
+
+def test_simulated_evidence_verifies_only_with_its_root(sim: SimulatedGpu) -> None:
+    nonce = hashlib.sha256(b"n").digest()
+    report = parse_gpu_report(sim.evidence(nonce))
+    chain = load_gpu_chain(sim.chain_pem())
+    verified = verify_gpu_report(report, chain, nonce=nonce, roots=[sim.root_certificate()])
+    assert verified.report.cc_enabled is True and report.cc_mode == "SPT"
+    with pytest.raises(VerificationError) as err:
+        verify_gpu_report(report, chain, nonce=nonce)
+    assert err.value.check == "gpu-chain"
+    assert "SIMULATED" in sim.root_certificate().subject.rfc4514_string()
+
+
+def test_simulated_cc_off(sim: SimulatedGpu) -> None:
+    report = parse_gpu_report(sim.evidence(bytes(32), cc_enabled=False))
+    assert report.cc_enabled is False
+
+
+def test_sim_load_round_trip(sim: SimulatedGpu, tmp_path: Path) -> None:
+    again = SimulatedGpu.generate(tmp_path)
+    loaded = SimulatedGpu.load(tmp_path)
+    assert loaded.fwid == again.fwid and loaded.chain_pem() == again.chain_pem()
+    assert (tmp_path / "sim_gpu_key.pem").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("fwid", [b"", b"\x00" * 48])
+def test_fwid_mismatch(sim: SimulatedGpu, fwid: bytes) -> None:
+    nonce = bytes(range(32))
+    opaque = opaque_item(OpaqueFieldId.DRIVER_VERSION, b"1\0") + opaque_item(
+        OpaqueFieldId.VBIOS_VERSION, bytes(8)
+    )
+    if fwid:
+        opaque += opaque_item(OpaqueFieldId.FWID, fwid)
+    evidence = build_evidence(
+        sim.key,
+        nonce=nonce,
+        blocks=[measurement_block(1, bytes(48))],
+        opaque=opaque,
+        responder_nonce=bytes(32),
+    )
+    chain = load_gpu_chain(sim.chain_pem())
+    with pytest.raises(VerificationError) as err:
+        verify_gpu_report(parse_gpu_report(evidence), chain, nonce=nonce, roots=[sim.root])
+    assert err.value.check == "gpu-fwid"
+
+
+def test_leaf_without_fwid_extension(report: GpuReport, chain: list[x509.Certificate]) -> None:
+    # The BROM certificate has no FWID extension: chain still links from it upward.
+    with pytest.raises(VerificationError) as err:
+        verify_gpu_report(report, chain[1:], nonce=NONCE, now=NOW)
+    assert err.value.check == "gpu-signature"
+
+
+def test_bad_rim_file(report: GpuReport, chain: list[x509.Certificate]) -> None:
+    with pytest.raises(ParseError, match="not XML"):
+        verify_gpu_report(report, chain, nonce=NONCE, now=NOW, rims={"driver": b"<nope"})
+
+
+def test_bad_chain_pem() -> None:
+    with pytest.raises(ParseError):
+        load_gpu_chain(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+
+
+def test_warm_verify_time(report: GpuReport, chain: list[x509.Certificate]) -> None:
+    import time
+
+    verify_gpu_report(report, chain, nonce=NONCE, now=NOW)
+    start = time.perf_counter()
+    for _ in range(20):
+        verify_gpu_report(report, chain, nonce=NONCE, now=NOW)
+    per_call = (time.perf_counter() - start) / 20
+    assert per_call < 0.25, per_call
