@@ -143,7 +143,9 @@ port = 8443
 {extra}"""
 
 
-def recipe_text(tee: str = "sev-snp", *, paths: bool = True, extra: str = "", **digests: str) -> str:
+def recipe_text(
+    tee: str = "sev-snp", *, paths: bool = True, extra: str = "", **digests: str
+) -> str:
     """A valid recipe; ``digests`` override firmware_sha, kernel_sha, initrd_sha, root_hash..."""
     values = {
         "firmware_sha": "01" * 32,

@@ -93,7 +93,9 @@ def test_firmware_digest_mismatch_is_refused(snp_recipe: Path) -> None:
         ("missing firmware", {"firmware": "nope.fd"}, "cannot read firmware .*nope.fd"),
     ],
 )
-def test_snp_digest_rejects(snp_recipe: Path, case: str, kwargs: dict[str, str], message: str) -> None:
+def test_snp_digest_rejects(
+    snp_recipe: Path, case: str, kwargs: dict[str, str], message: str
+) -> None:
     base = snp_recipe.parent
     args: dict[str, object] = {
         "vcpus": 4,

@@ -106,7 +106,13 @@ def test_cli_unparsable_exit_3(app: typer.Typer, vectors: Path, tmp_path: Path) 
     bad.write_bytes(b"\x11\xe0")
     result = CliRunner().invoke(
         app,
-        ["verify-gpu", str(bad), "--certs", str(vectors / "nvidia/hopper_cert_chain.pem"), "--json"],
+        [
+            "verify-gpu",
+            str(bad),
+            "--certs",
+            str(vectors / "nvidia/hopper_cert_chain.pem"),
+            "--json",
+        ],
     )
     assert result.exit_code == 3, result.output
     assert json.loads(result.output)["checks"][0]["name"] == "gpu-parse"

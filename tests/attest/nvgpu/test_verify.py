@@ -18,9 +18,8 @@ from attest.nvgpu import (
     pinned_nvidia_roots,
     verify_gpu_report,
 )
-from attest.nvgpu.abi import REQUEST_SIZE, RSP_RECORD
+from attest.nvgpu.abi import REQUEST_SIZE, RSP_RECORD, OpaqueFieldId
 from attest.nvgpu.sim import build_evidence, measurement_block, opaque_item
-from attest.nvgpu.abi import OpaqueFieldId
 
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
 NONCE = bytes.fromhex("931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb")

@@ -25,18 +25,14 @@ VLLM_CURRENT = [
 
 
 def test_vllm_current_logs_no_requests_by_default() -> None:
-    spec = EngineSpec(
-        kind="vllm", model="google/gemma-3-27b-it", args=("--max-model-len", "8192")
-    )
+    spec = EngineSpec(kind="vllm", model="google/gemma-3-27b-it", args=("--max-model-len", "8192"))
     assert engine_command(spec, 8001, vllm_version="0.11.2") == VLLM_CURRENT
     # 0.12 removed --disable-log-requests: passing it would stop vLLM from starting.
     assert engine_command(spec, 8001, vllm_version="0.12.0") == VLLM_CURRENT
 
 
 def test_vllm_before_0_11_needs_disable_log_requests() -> None:
-    spec = EngineSpec(
-        kind="vllm", model="google/gemma-3-27b-it", args=("--max-model-len", "8192")
-    )
+    spec = EngineSpec(kind="vllm", model="google/gemma-3-27b-it", args=("--max-model-len", "8192"))
     expected = [*VLLM_CURRENT[:9], "--disable-log-requests", *VLLM_CURRENT[9:]]
     assert engine_command(spec, 8001, vllm_version="0.8.5.post1") == expected
     assert engine_command(spec, 8001, vllm_version="0.10.1rc1") == expected

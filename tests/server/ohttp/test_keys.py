@@ -40,8 +40,9 @@ def test_rfc9458_key_config_parses_and_round_trips() -> None:
     assert config.encode() == OHTTP_KEY_CONFIG
 
 
-@pytest.mark.parametrize(("sk", "published"), [(OHTTP_SK_R, OHTTP_KEY_CONFIG),
-                                               (CHUNKED_SK_R, CHUNKED_KEY_CONFIG)])
+@pytest.mark.parametrize(
+    ("sk", "published"), [(OHTTP_SK_R, OHTTP_KEY_CONFIG), (CHUNKED_SK_R, CHUNKED_KEY_CONFIG)]
+)
 def test_server_key_from_published_private_key(sk: bytes, published: bytes) -> None:
     assert ServerKey._from_private_bytes(1, sk).config.encode() == published
 

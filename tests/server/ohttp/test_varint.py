@@ -26,8 +26,15 @@ def test_rfc9000_examples_decode(encoded: str, value: int) -> None:
 
 @pytest.mark.parametrize(
     ("value", "encoded"),
-    [(0, "00"), (63, "3f"), (64, "4040"), (16383, "7fff"), (16384, "80004000"),
-     (2**30, "c000000040000000"), (151288809941952652, "c2197c5eff14e88c")],
+    [
+        (0, "00"),
+        (63, "3f"),
+        (64, "4040"),
+        (16383, "7fff"),
+        (16384, "80004000"),
+        (2**30, "c000000040000000"),
+        (151288809941952652, "c2197c5eff14e88c"),
+    ],
 )
 def test_encode_is_minimal(value: int, encoded: str) -> None:
     assert encode_varint(value).hex() == encoded

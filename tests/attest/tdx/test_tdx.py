@@ -1,0 +1,270 @@
+"""The real TDX v4 quote: parse, verify to the pinned Intel root, mutations, policy, fuzzing."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from attest.errors import ParseError, PolicyError, VerificationError
+from attest.tdx import (
+    Quote,
+    TdxCollateral,
+    TdxPolicy,
+    parse_quote,
+    pinned_intel_roots,
+    validate_quote,
+    verify_quote,
+)
+from attest.tdx.abi import (
+    BODY_MRTD,
+    BODY_REPORTDATA,
+    BODY_RTMR0,
+    BODY_TD_ATTRIBUTES,
+    HEADER_SIZE,
+    TD10_BODY_SIZE,
+)
+
+NOW = datetime(2024, 6, 1, tzinfo=UTC)
+INTEL_ROOT_SHA256 = "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3"
+SIG_DATA = HEADER_SIZE + TD10_BODY_SIZE + 4
+
+
+@pytest.fixture(scope="module")
+def raw(vectors: Path) -> bytes:
+    return (vectors / "tdx" / "quote_v4.dat").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def quote(raw: bytes) -> Quote:
+    return parse_quote(raw)
+
+
+def test_parse(quote: Quote, raw: bytes) -> None:
+    assert quote.version == 4 and len(quote.raw) == len(raw) == 4936
+    assert quote.header.tee_type == 0x81 and quote.header.attestation_key_type == 2
+    body = quote.body
+    assert body.td_attributes.hex() == "0100001000000000"
+    assert body.debug is True
+    assert body.mrtd.hex().startswith("705ee9381b8633a9")
+    assert body.tee_tcb_svn_2 is None
+    assert len(quote.qe_auth_data) == 32
+    assert [c.subject.rfc4514_string().split("CN=")[1] for c in quote.pck_chain] == [
+        "Intel SGX PCK Certificate",
+        "Intel SGX PCK Platform CA",
+        "Intel SGX Root CA",
+    ]
+    assert quote.to_dict()["body"]["debug"] is True
+
+
+def test_pinned_root(quote: Quote) -> None:
+    (root,) = pinned_intel_roots()
+    assert root.fingerprint(hashes.SHA256()).hex() == INTEL_ROOT_SHA256
+    assert root == quote.pck_chain[-1]
+
+
+def test_real_quote_verifies(quote: Quote) -> None:
+    verified = verify_quote(quote, now=NOW)
+    assert [n for n, _ in verified.checks] == [
+        "tdx-pck-chain",
+        "tdx-qe-report-signature",
+        "tdx-qe-report-data",
+        "tdx-quote-signature",
+    ]
+    assert verified.pck_certificate == quote.pck_chain[0]
+
+
+def _flip(raw: bytes, offset: int) -> Quote:
+    data = bytearray(raw)
+    data[offset] ^= 0x01
+    return parse_quote(bytes(data))
+
+
+MUTATIONS = [
+    ("td_attributes debug bit", HEADER_SIZE + BODY_TD_ATTRIBUTES, "tdx-quote-signature"),
+    ("mrtd", HEADER_SIZE + BODY_MRTD + 5, "tdx-quote-signature"),
+    ("rtmr0", HEADER_SIZE + BODY_RTMR0, "tdx-quote-signature"),
+    ("report data", HEADER_SIZE + BODY_REPORTDATA + 63, "tdx-quote-signature"),
+    ("header user data", 40, "tdx-quote-signature"),
+    ("quote signature", SIG_DATA + 10, "tdx-quote-signature"),
+    ("attestation key", SIG_DATA + 64 + 3, "tdx-qe-report-data"),
+    ("qe report", SIG_DATA + 128 + 6 + 0x40, "tdx-qe-report-signature"),
+    ("qe report signature", SIG_DATA + 128 + 6 + 384 + 1, "tdx-qe-report-signature"),
+    ("qe auth data", SIG_DATA + 128 + 6 + 384 + 64 + 2 + 5, "tdx-qe-report-data"),
+]
+
+
+@pytest.mark.parametrize(("name", "offset", "check"), MUTATIONS, ids=[m[0] for m in MUTATIONS])
+def test_mutations(raw: bytes, name: str, offset: int, check: str) -> None:
+    with pytest.raises(VerificationError) as err:
+        verify_quote(_flip(raw, offset), now=NOW)
+    assert err.value.check == check, name
+
+
+def test_debug_bit_mutation_is_parsed(raw: bytes) -> None:
+    assert _flip(raw, HEADER_SIZE + BODY_TD_ATTRIBUTES).body.debug is False
+
+
+@pytest.mark.parametrize(
+    "now", [datetime(2018, 1, 1, tzinfo=UTC), datetime(2031, 1, 1, tzinfo=UTC)]
+)
+def test_chain_outside_validity(quote: Quote, now: datetime) -> None:
+    with pytest.raises(VerificationError, match="is not valid at") as err:
+        verify_quote(quote, now=now)
+    assert err.value.check == "tdx-pck-chain"
+
+
+def test_chain_to_other_root(quote: Quote, vectors: Path) -> None:
+    from attest.nvgpu import pinned_nvidia_roots
+
+    with pytest.raises(VerificationError, match="no pinned root issued") as err:
+        verify_quote(quote, now=NOW, roots=pinned_nvidia_roots())
+    assert err.value.check == "tdx-pck-chain"
+
+
+def test_collateral_fails_closed(quote: Quote) -> None:
+    with pytest.raises(VerificationError) as err:
+        verify_quote(quote, now=NOW, collateral=TdxCollateral(b"{}", b"{}", b""))
+    assert err.value.check == "tdx-collateral"
+
+
+@pytest.mark.parametrize(
+    ("offset", "value", "message"),
+    [
+        (0, 3, "unsupported TDX quote version"),
+        (2, 3, "attestation key type"),
+        (4, 0x00, "not TDX"),
+        (SIG_DATA + 128, 5, "expected 6"),
+        (SIG_DATA - 4, 0xFF, "truncated"),
+    ],
+)
+def test_malformed(raw: bytes, offset: int, value: int, message: str) -> None:
+    data = bytearray(raw)
+    data[offset] = value
+    with pytest.raises(ParseError, match=message):
+        parse_quote(bytes(data))
+
+
+@pytest.mark.parametrize("cut", [0, 10, 47, 48, 600, 632, 636, 700, 1200, 1300, 4000, 4935])
+def test_truncation(raw: bytes, cut: int) -> None:
+    with pytest.raises(ParseError):
+        parse_quote(raw[:cut])
+
+
+def test_trailing_bytes(raw: bytes) -> None:
+    assert parse_quote(raw + bytes(16)).raw == raw
+    with pytest.raises(ParseError, match="unexpected bytes"):
+        parse_quote(raw + b"\x07")
+
+
+def _as_v5(raw: bytes, *, td15: bool) -> bytes:
+    body = raw[HEADER_SIZE : HEADER_SIZE + TD10_BODY_SIZE]
+    extra = bytes(range(16)) + b"\x5a" * 48 if td15 else b""
+    descriptor = (3 if td15 else 2).to_bytes(2, "little") + len(body + extra).to_bytes(4, "little")
+    header = (5).to_bytes(2, "little") + raw[2:HEADER_SIZE]
+    return header + descriptor + body + extra + raw[HEADER_SIZE + TD10_BODY_SIZE :]
+
+
+@pytest.mark.parametrize("td15", [False, True])
+def test_v5_layout(raw: bytes, quote: Quote, td15: bool) -> None:
+    v5 = parse_quote(_as_v5(raw, td15=td15))
+    assert v5.version == 5 and v5.body.mrtd == quote.body.mrtd
+    assert v5.body.report_data == quote.body.report_data
+    assert len(v5.signed_bytes) == HEADER_SIZE + 6 + TD10_BODY_SIZE + (64 if td15 else 0)
+    if td15:
+        assert v5.body.tee_tcb_svn_2 == bytes(range(16)) and v5.body.mrservicetd == b"\x5a" * 48
+    # Re-framing changes the signed bytes, so the real signature no longer verifies.
+    with pytest.raises(VerificationError) as err:
+        verify_quote(v5, now=NOW)
+    assert err.value.check == "tdx-quote-signature"
+
+
+def test_v5_bad_body_descriptor(raw: bytes) -> None:
+    data = bytearray(_as_v5(raw, td15=True))
+    data[HEADER_SIZE + 2] = 0
+    with pytest.raises(ParseError, match="expected 648"):
+        parse_quote(bytes(data))
+
+
+def test_policy_debug_forbidden_by_default(quote: Quote) -> None:
+    policy = TdxPolicy.from_mapping({"mrtd": [quote.body.mrtd.hex()]})
+    with pytest.raises(PolicyError) as err:
+        validate_quote(quote, policy)
+    assert err.value.check == "tdx-policy"
+    assert err.value.violations == (
+        "td_attributes.debug: quote 0100001000000000 sets DEBUG, policy forbids it",
+    )
+
+
+def test_policy_collects_every_violation(quote: Quote) -> None:
+    other = hashlib.sha384(b"x").hexdigest()
+    policy = TdxPolicy.from_mapping(
+        {"mrtd": [other], "rtmr1": [other], "report_data": "00" * 64, "allow_debug": False}
+    )
+    with pytest.raises(PolicyError) as err:
+        validate_quote(quote, policy)
+    fields = [v.split(":")[0] for v in err.value.violations]
+    assert fields == ["td_attributes.debug", "mrtd", "rtmr1", "report_data"]
+    assert quote.body.mrtd.hex() in err.value.violations[1] and other in err.value.violations[1]
+
+
+def test_policy_passes(quote: Quote) -> None:
+    body = quote.body
+    policy = TdxPolicy.from_mapping(
+        {
+            "allow_debug": True,
+            "mrtd": [body.mrtd.hex()],
+            "rtmr0": [body.rtmrs[0].hex()],
+            "report_data": body.report_data.hex(),
+        }
+    )
+    names = [n for n, _ in validate_quote(quote, policy)]
+    assert names == ["tdx-debug", "tdx-mrtd", "tdx-rtmr0", "tdx-report-data"]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({}, "empty"),
+        ({"mrtd": ["00" * 48], "mrseam": ["00"]}, "unknown TDX policy keys: mrseam"),
+        ({"mrtd": "00"}, "non-empty list"),
+        ({"mrtd": ["00"]}, "48 bytes"),
+        ({"report_data": "zz"}, "not hex"),
+        ({"allow_debug": 1}, "true or false"),
+    ],
+)
+def test_policy_is_strict(data: dict[str, object], message: str) -> None:
+    with pytest.raises(ParseError, match=message):
+        TdxPolicy.from_mapping(data)
+
+
+def test_policy_toml(tmp_path: Path) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text('allow_debug = false\nmrtd = ["' + "ab" * 48 + '"]\n')
+    assert TdxPolicy.from_toml(path).mrtd == (b"\xab" * 48,)
+    path.write_text("mrtd = [")
+    with pytest.raises(ParseError, match="not TOML"):
+        TdxPolicy.from_toml(path)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=1200))
+def test_fuzz_random(data: bytes) -> None:
+    with contextlib.suppress(ParseError):
+        parse_quote(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_fuzz_mutated_real_quote(vectors: Path, data: st.DataObject) -> None:
+    raw = bytearray((vectors / "tdx" / "quote_v4.dat").read_bytes())
+    for _ in range(data.draw(st.integers(1, 4))):
+        raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+    with contextlib.suppress(ParseError):
+        parse_quote(bytes(raw[: data.draw(st.integers(0, len(raw)))]))

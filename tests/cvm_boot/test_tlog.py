@@ -1,0 +1,213 @@
+"""The file-backed log: durable appends, refusal of torn, truncated or edited files, keys on disk."""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from attest.errors import ParseError, VerificationError
+from attest.tlog import (
+    VerifierKey,
+    leaf_hash,
+    open_checkpoint,
+    verify_consistency,
+    verify_inclusion,
+)
+from cvm_boot.tlog import (
+    CHECKPOINT_FILE,
+    ENTRIES_FILE,
+    KEY_FILE,
+    VKEY_FILE,
+    TransparencyLog,
+    generate_log_key,
+    parse_signer_key,
+)
+
+ENTRIES = [f'{{"release":{i}}}'.encode() for i in range(5)]
+
+
+@pytest.fixture
+def logdir(tmp_path: Path) -> Path:
+    log = TransparencyLog.open(tmp_path / "log")
+    for e in ENTRIES:
+        log.append(e)
+    return tmp_path / "log"
+
+
+def test_reopen_gives_same_tree(logdir: Path) -> None:
+    first = TransparencyLog.open(logdir)
+    assert first.size == 5
+    root = first.root()
+    again = TransparencyLog.open(logdir)
+    assert again.root() == root
+    assert [again.entry(i) for i in range(5)] == ENTRIES
+    assert again.find(ENTRIES[3]) == 3
+    assert again.find(b"absent") is None
+    index = again.append(b"six")
+    assert index == 5
+    reopened = TransparencyLog.open(logdir)
+    verify_consistency(5, 6, root, reopened.root(), reopened.consistency_proof(5, 6))
+    verify_inclusion(5, 6, leaf_hash(b"six"), reopened.inclusion_proof(5), reopened.root())
+
+
+def test_key_files(logdir: Path) -> None:
+    key = logdir / KEY_FILE
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    log = TransparencyLog.open(logdir)
+    vkey = (logdir / VKEY_FILE).read_text().strip()
+    assert vkey == log.verifier_key
+    name, _, parsed = parse_signer_key(key.read_text().strip())
+    assert parsed.encode() == vkey and name == log.name
+    cp = open_checkpoint((logdir / CHECKPOINT_FILE).read_text(), [VerifierKey.parse(vkey)])
+    assert (cp.size, cp.root_hash) == (5, log.root())
+
+
+def test_explicit_signer_key(tmp_path: Path) -> None:
+    skey, vkey = generate_log_key("release.example/log")
+    log = TransparencyLog.open(tmp_path, signer_key=skey)
+    log.append(b"x")
+    assert log.verifier_key == vkey
+    cp = open_checkpoint(log.checkpoint(), [VerifierKey.parse(vkey)])
+    assert cp.origin == "release.example/log"
+    other, _ = generate_log_key("release.example/log")
+    with pytest.raises(VerificationError, match="signer key differs") as err:
+        TransparencyLog.open(tmp_path, signer_key=other)
+    assert err.value.check == "tlog-key"
+
+
+def _truncate(n: int) -> Callable[[Path], None]:
+    def apply(d: Path) -> None:
+        p = d / ENTRIES_FILE
+        p.write_bytes(p.read_bytes()[:-n])
+
+    return apply
+
+
+def _edit(offset_from_end: int) -> Callable[[Path], None]:
+    def apply(d: Path) -> None:
+        p = d / ENTRIES_FILE
+        raw = bytearray(p.read_bytes())
+        raw[-offset_from_end] ^= 0x01
+        p.write_bytes(bytes(raw))
+
+    return apply
+
+
+def _drop_last_record(d: Path) -> None:
+    from cvm_boot.tlog import RECORD_OVERHEAD
+
+    p = d / ENTRIES_FILE
+    p.write_bytes(p.read_bytes()[: -(RECORD_OVERHEAD + len(ENTRIES[-1]))])
+
+
+def _rewrite_record(d: Path) -> None:
+    """Replace entry 4 with a validly framed, correctly checksummed forgery."""
+    from cvm_boot.tlog import RECORD_OVERHEAD, _encode_record
+
+    p = d / ENTRIES_FILE
+    raw = p.read_bytes()[: -(RECORD_OVERHEAD + len(ENTRIES[-1]))]
+    p.write_bytes(raw + _encode_record(4, b'{"release":9}'))
+
+
+def _append_garbage(d: Path) -> None:
+    with (d / ENTRIES_FILE).open("ab") as f:
+        f.write(b"OPTR\x00\x00")
+
+
+def _bad_header(d: Path) -> None:
+    p = d / ENTRIES_FILE
+    p.write_bytes(b"X" + p.read_bytes()[1:])
+
+
+def _foreign_checkpoint(d: Path) -> None:
+    other = TransparencyLog.open(d.parent / "other")
+    other.append(b"x")
+    (d / CHECKPOINT_FILE).write_text(other.checkpoint())
+
+
+def _no_checkpoint(d: Path) -> None:
+    (d / CHECKPOINT_FILE).unlink()
+
+
+def _no_key(d: Path) -> None:
+    (d / KEY_FILE).unlink()
+
+
+CORRUPTIONS = [
+    ("torn tail: partial checksum", _truncate(1), ParseError, "torn record at entry 4"),
+    ("torn tail: partial header", _append_garbage, ParseError, "torn record header at entry 5"),
+    ("truncated by one record", _drop_last_record, VerificationError, "holds 4 entries"),
+    ("edited data byte", _edit(40), VerificationError, "entry 4 fails its checksum"),
+    ("edited checksum byte", _edit(1), VerificationError, "entry 4 fails its checksum"),
+    ("edited length", _edit(32 + len(ENTRIES[-1]) + 1), VerificationError, "checksum"),
+    ("rechecksummed forgery", _rewrite_record, VerificationError, "do not match the signed"),
+    ("bad header", _bad_header, ParseError, "log header"),
+    ("foreign checkpoint", _foreign_checkpoint, VerificationError, "no valid signature"),
+    ("checkpoint deleted", _no_checkpoint, ParseError, "missing"),
+    ("key deleted", _no_key, ParseError, "no log.key"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "corrupt", "error", "message"), CORRUPTIONS, ids=[c[0] for c in CORRUPTIONS]
+)
+def test_corrupted_log_refused(
+    logdir: Path,
+    case: str,
+    corrupt: Callable[[Path], None],
+    error: type[Exception],
+    message: str,
+) -> None:
+    corrupt(logdir)
+    before = (logdir / ENTRIES_FILE).read_bytes()
+    with pytest.raises(error, match=message):
+        TransparencyLog.open(logdir)
+    # Never repaired: the file is exactly as the corruption left it.
+    assert (logdir / ENTRIES_FILE).read_bytes() == before
+
+
+def test_complete_record_beyond_checkpoint_is_kept(logdir: Path) -> None:
+    """A crash after the record's fsync but before the checkpoint's leaves a whole record."""
+    log = TransparencyLog.open(logdir)
+    old_checkpoint = (logdir / CHECKPOINT_FILE).read_text()
+    log.append(b"late")
+    (logdir / CHECKPOINT_FILE).write_text(old_checkpoint)
+    assert TransparencyLog.open(logdir).size == 6
+
+
+def test_concurrent_writer_detected(logdir: Path) -> None:
+    a = TransparencyLog.open(logdir)
+    b = TransparencyLog.open(logdir)
+    a.append(b"from a")
+    with pytest.raises(VerificationError, match="changed since it was opened"):
+        b.append(b"from b")
+
+
+def test_bad_sizes(logdir: Path) -> None:
+    log = TransparencyLog.open(logdir)
+    with pytest.raises(ValueError, match="outside"):
+        log.inclusion_proof(5)
+    with pytest.raises(ValueError, match="outside"):
+        log.consistency_proof(3, 9)
+    with pytest.raises(IndexError):
+        log.entry(5)
+    assert log.consistency_proof(0, 5) == []
+
+
+@pytest.mark.parametrize(
+    ("skey", "message"),
+    [
+        ("nope", "PRIVATE\\+KEY"),
+        ("PRIVATE+KEY+a+b", "form"),
+        ("PRIVATE+KEY+a b+00000000+AQ==", "valid key name"),
+        ("PRIVATE+KEY+a+00000000+!!", "base64"),
+        ("PRIVATE+KEY+a+00000000+AQ==", "not an Ed25519"),
+        ("PRIVATE+KEY+a+00000000+AQ" + "A" * 42 + "=", "hash does not match"),
+    ],
+)
+def test_bad_signer_keys(skey: str, message: str) -> None:
+    with pytest.raises(ParseError, match=message):
+        parse_signer_key(skey)
