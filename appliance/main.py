@@ -1,4 +1,4 @@
-"""``openpcc-appliance``: the operator's CLI (doctor, provision, up, down, status, measure, release).
+"""``openpcc-appliance``: the operator's CLI (doctor, provision, up, down, status, measure, ...).
 
 The operator is not trusted with content: nothing here reads prompts or answers, and `status`
 reads only the appliance's public endpoints and its own records.
@@ -68,21 +68,26 @@ def doctor(
 @app.command()
 def provision(
     port: int = typer.Option(lifecycle.DEFAULT_PORT, "--port", min=1, max=65535),
-    engine: str = typer.Option("embedded", "--engine",
-                               help="embedded (CPU, Gemma 3 270M), vllm, or command"),
-    engine_arg: list[str] = typer.Option([], "--engine-arg",
-                                         help="argv of a 'command' engine, one per option"),
+    engine: str = typer.Option(
+        "embedded", "--engine", help="embedded (CPU, Gemma 3 270M), vllm, or command"
+    ),
+    engine_arg: list[str] = typer.Option(
+        [], "--engine-arg", help="argv of a 'command' engine, one per option"
+    ),
     recipe: Path | None = typer.Option(None, "--recipe", help="release recipe TOML"),
 ) -> None:
     """Provision the appliance: on a host without a TEE, the SIMULATED one."""
     paths = StatePaths.default()
     facts = detect_host()
     if facts.tee is not None:
-        err.print(f"[bold]This host supports {facts.tee}.[/] Real-host provisioning launches the "
-                  "CVM from a release recipe; this command provisions the simulated appliance.")
+        err.print(
+            f"[bold]This host supports {facts.tee}.[/] Real-host provisioning launches the "
+            "CVM from a release recipe; this command provisions the simulated appliance."
+        )
     try:
         res = lifecycle.provision_simulated(
-            paths, port=port, engine=engine, engine_args=tuple(engine_arg), recipe=recipe)
+            paths, port=port, engine=engine, engine_args=tuple(engine_arg), recipe=recipe
+        )
     except OpenPCCError as e:
         raise _fail(e) from e
     err.print(Text(f"{SIMULATED_BANNER}: provisioned the simulated appliance", style="bold red"))
@@ -103,7 +108,7 @@ def up(
             run = lifecycle.up(paths, timeout=timeout)
     except OpenPCCError as e:
         raise _fail(e) from e
-    print_run(err, run, lifecycle.gateway_status(paths).get("gateway_url") or "")
+    print_run(err, run, str(lifecycle.gateway_status(paths).get("gateway_url") or ""))
     if run.error is not None:
         raise typer.Exit(exit_code_for(run.error))
 
@@ -134,8 +139,11 @@ def status(json_out: bool = typer.Option(False, "--json", help="machine-readable
     if isinstance(health, dict):
         engine = health.get("engine", {})
         if isinstance(engine, dict):
-            out.print(f"engine: {engine.get('kind')} {engine.get('state')}, "
-                      f"restarts {engine.get('restarts')}", highlight=False)
+            out.print(
+                f"engine: {engine.get('kind')} {engine.get('state')}, "
+                f"restarts {engine.get('restarts')}",
+                highlight=False,
+            )
         out.print(f"key id: {health.get('key_id')}", highlight=False)
     out.print(f"log key: {st.get('log_vkey')}", highlight=False)
 

@@ -1,1 +1,1 @@
-"""Attestation evidence: parse (abi), verify (signatures, chains, pinned roots), validate (policy)."""
+"""Attestation evidence: parse (abi), verify (signatures, chains, roots), validate (policy)."""

@@ -1,8 +1,9 @@
-"""Verify an attestation bundle (DESIGN.md sections 3 and 4) and return what may be used.
+"""Verify an attestation bundle (DESIGN.md sections 3 and 4); return what may be used.
 
 The checks run in the contract's order; the first failure stops the run and every later check is
-reported as not run. There is no way to obtain a :class:`VerifiedNode` other than :func:`verify_bundle`
-succeeding, and the sealing code accepts nothing else, so an unverified key cannot be encrypted to.
+reported as not run. There is no way to obtain a :class:`VerifiedNode` other than
+:func:`verify_bundle` succeeding, and the sealing code accepts nothing else, so an unverified
+key cannot be encrypted to.
 """
 
 from __future__ import annotations
@@ -77,13 +78,17 @@ class CheckResult:
     detail: str = ""
 
     def to_dict(self) -> dict[str, object]:
-        return {"name": self.name, "ok": self.status == "pass", "status": self.status,
-                "detail": self.detail}
+        return {
+            "name": self.name,
+            "ok": self.status == "pass",
+            "status": self.status,
+            "detail": self.detail,
+        }
 
 
 @dataclass(frozen=True, slots=True)
 class TrustAnchors:
-    """What the client trusts. Simulation roots are empty unless the user trusted them explicitly."""
+    """What the client trusts. Simulation roots stay empty unless the user trusted them."""
 
     amd_roots: tuple[x509.Certificate, ...]
     nvidia_roots: tuple[x509.Certificate, ...]
@@ -179,7 +184,7 @@ class VerificationRun:
         return out
 
 
-class _Failed(Exception):  # noqa: N818 - internal control flow only
+class _Failed(Exception):
     pass
 
 
@@ -200,7 +205,8 @@ class _Runner:
         self.results.append(CheckResult(name, "fail", detail))
         done = {r.name for r in self.results}
         self.results.extend(
-            CheckResult(n, "not-run", "an earlier check failed") for n, _ in CHECK_ORDER
+            CheckResult(n, "not-run", "an earlier check failed")
+            for n, _ in CHECK_ORDER
             if n not in done
         )
         order = {n: i for i, (n, _) in enumerate(CHECK_ORDER)}
@@ -220,7 +226,12 @@ def verify_bundle(
 ) -> VerifiedNode:
     """Run every check; return the node or raise the first failure's error."""
     run = run_verification(
-        bundle, trust=trust, policy=policy, nonce=nonce, now=now, checkpoints=checkpoints,
+        bundle,
+        trust=trust,
+        policy=policy,
+        nonce=nonce,
+        now=now,
+        checkpoints=checkpoints,
         consistency=consistency,
     )
     if run.node is None:
@@ -229,7 +240,7 @@ def verify_bundle(
     return run.node
 
 
-def run_verification(  # noqa: C901 - one linear pass over the contract's checks
+def run_verification(
     bundle: Mapping[str, object],
     *,
     trust: TrustAnchors,
@@ -256,11 +267,14 @@ def run_verification(  # noqa: C901 - one linear pass over the contract's checks
         if simulated:
             roots = trust.simulation_snp_roots
             if not roots:
-                raise r.fail("cert-chain", VerificationError(
+                raise r.fail(
                     "cert-chain",
-                    "the node presents SIMULATED evidence and no simulation root is trusted",
-                    hint="only for development: `openpcc trust --simulated ROOT.pem`",
-                ))
+                    VerificationError(
+                        "cert-chain",
+                        "the node presents SIMULATED evidence and no simulation root is trusted",
+                        hint="only for development: `openpcc trust --simulated ROOT.pem`",
+                    ),
+                )
         else:
             roots = trust.amd_roots
         try:
@@ -291,11 +305,14 @@ def run_verification(  # noqa: C901 - one linear pass over the contract's checks
         # 6a. measurement equals the manifest's
         expected = _manifest_measurement(b.manifest)
         if expected is None or not hmac.compare_digest(expected, report.measurement):
-            raise r.fail("measurement", VerificationError(
+            raise r.fail(
                 "measurement",
-                f"report MEASUREMENT {report.measurement.hex()} != manifest "
-                f"{expected.hex() if expected else '(missing)'}",
-            ))
+                VerificationError(
+                    "measurement",
+                    f"report MEASUREMENT {report.measurement.hex()} != manifest "
+                    f"{expected.hex() if expected else '(missing)'}",
+                ),
+            )
         r.passed("measurement", report.measurement.hex())
 
         # 6b. transparency log
@@ -304,9 +321,7 @@ def run_verification(  # noqa: C901 - one linear pass over the contract's checks
             r.skipped("transparency-log", "skipped: the policy names it")
         else:
             try:
-                log_index, tree_size, log_detail = _check_log(
-                    b, trust, checkpoints, consistency
-                )
+                log_index, tree_size, log_detail = _check_log(b, trust, checkpoints, consistency)
             except (ParseError, VerificationError) as e:
                 raise r.fail("transparency-log", _as_check("transparency-log", e)) from e
             r.passed("transparency-log", log_detail)
@@ -316,13 +331,18 @@ def run_verification(  # noqa: C901 - one linear pass over the contract's checks
             key_config=b.key_config, gpus=b.gpus, manifest=b.manifest, nonce=nonce
         )
         if not hmac.compare_digest(want, report.report_data):
-            raise r.fail("report-data", VerificationError(
+            raise r.fail(
                 "report-data",
-                "REPORT_DATA does not bind this bundle's key config, GPU evidence, manifest "
-                "and nonce" + (" (fresh nonce)" if nonce else ""),
-            ))
-        r.passed("report-data", "bound" + (f" to nonce {nonce.hex()[:16]}…" if nonce else
-                                           " (no nonce: not fresh)"))
+                VerificationError(
+                    "report-data",
+                    "REPORT_DATA does not bind this bundle's key config, GPU evidence, manifest "
+                    "and nonce" + (" (fresh nonce)" if nonce else ""),
+                ),
+            )
+        r.passed(
+            "report-data",
+            "bound" + (f" to nonce {nonce.hex()[:16]}…" if nonce else " (no nonce: not fresh)"),
+        )
 
         # 8. GPUs
         gpu_info: list[Mapping[str, object]] = []
@@ -333,17 +353,18 @@ def run_verification(  # noqa: C901 - one linear pass over the contract's checks
                 gpu_info = _check_gpus(b, trust, policy, nonce, now, simulated)
             except (ParseError, VerificationError) as e:
                 raise r.fail("gpu", _as_check("gpu", e)) from e
-            r.passed("gpu", ", ".join(
-                f"{g['vendor']} driver {g['driver_version']} CC on" for g in gpu_info
-            ) or "no GPU required by policy")
+            r.passed(
+                "gpu",
+                ", ".join(f"{g['vendor']} driver {g['driver_version']} CC on" for g in gpu_info)
+                or "no GPU required by policy",
+            )
 
         # 9. key configuration
         try:
             key_config = KeyConfig.parse(b.key_config)
         except ParseError as e:
             raise r.fail("key-config", e) from e
-        r.passed("key-config", f"key id {key_config.key_id}, "
-                 f"{len(key_config.suites)} suite(s)")
+        r.passed("key-config", f"key id {key_config.key_id}, {len(key_config.suites)} suite(s)")
     except _Failed:
         assert r.error is not None
         return VerificationRun(r.results, error=r.error)
@@ -444,8 +465,11 @@ def _check_log(
     consistency: ConsistencyFetcher | None,
 ) -> tuple[int, int, str]:
     if not trust.log_keys:
-        raise VerificationError("transparency-log", "no transparency-log key is trusted",
-                                hint="pin the log key: `openpcc trust --log-key KEY`")
+        raise VerificationError(
+            "transparency-log",
+            "no transparency-log key is trusted",
+            hint="pin the log key: `openpcc trust --log-key KEY`",
+        )
     note = b.tlog.get("checkpoint")
     index = b.tlog.get("index")
     size = b.tlog.get("tree_size")
@@ -460,8 +484,9 @@ def _check_log(
         raise ParseError("tlog.inclusion holds a non-hex entry") from e
     cp = tlog.open_checkpoint(note, list(trust.log_keys))
     if cp.size != size:
-        raise VerificationError("transparency-log",
-                                f"tree_size {size} differs from the checkpoint's {cp.size}")
+        raise VerificationError(
+            "transparency-log", f"tree_size {size} differs from the checkpoint's {cp.size}"
+        )
     leaf = tlog.leaf_hash(binding.canonical_json(b.manifest))
     tlog.verify_inclusion(index, cp.size, leaf, proof, cp.root_hash)
     detail = f"index {index} of {cp.size}, checkpoint by {cp.origin}"
@@ -488,7 +513,10 @@ def _check_log(
                         "a consistency proof is needed but no way to fetch one was given",
                     )
                 tlog.verify_consistency(
-                    last.size, cp.size, last.root_hash, cp.root_hash,
+                    last.size,
+                    cp.size,
+                    last.root_hash,
+                    cp.root_hash,
                     list(consistency(last.size, cp.size)),
                 )
                 detail += f", consistent with size {last.size}"
@@ -524,17 +552,22 @@ def _check_gpus(
             raise ParseError(f"GPU {i}: 'certs' must be a PEM string")
         report = parse_gpu_report(_b64(g, "evidence"))
         verify_gpu_report(
-            report, load_gpu_chain(chain_pem.encode()), nonce=want_nonce, roots=list(roots),
+            report,
+            load_gpu_chain(chain_pem.encode()),
+            nonce=want_nonce,
+            roots=list(roots),
             now=now,
         )
         if report.cc_enabled is not True:
             raise VerificationError("gpu", f"GPU {i}: confidential-computing mode is not on")
-        out.append({
-            "vendor": vendor,
-            "driver_version": report.opaque.driver_version,
-            "vbios_version": report.opaque.vbios_version,
-            "cc_enabled": True,
-        })
+        out.append(
+            {
+                "vendor": vendor,
+                "driver_version": report.opaque.driver_version,
+                "vbios_version": report.opaque.vbios_version,
+                "cc_enabled": True,
+            }
+        )
     if len(out) < policy.min_gpus:
         raise VerificationError(
             "gpu", f"{len(out)} verified GPU(s), the policy requires at least {policy.min_gpus}"

@@ -23,8 +23,7 @@ HELP = "/verify  show the last verification Â· /reset  forget the conversation Â
 
 
 class ChatLoop:
-    def __init__(self, session: Session, url: str, *, max_tokens: int,
-                 save: Path | None) -> None:
+    def __init__(self, session: Session, url: str, *, max_tokens: int, save: Path | None) -> None:
         self.session = session
         self.url = url
         self.max_tokens = max_tokens
@@ -110,8 +109,9 @@ class ChatLoop:
                 status = ev.head.status
                 continue
             if status != 200:
-                raise OpenPCCError(f"the node answered {status}: "
-                                   f"{ev.data[:300].decode(errors='replace')}")
+                raise OpenPCCError(
+                    f"the node answered {status}: {ev.data[:300].decode(errors='replace')}"
+                )
             for event in sse.feed(ev.data):
                 if "error" in event:
                     raise OpenPCCError(f"the node reported: {event['error']}")

@@ -53,8 +53,7 @@ def _url(url: str | None) -> str:
 
 def _fail(e: OpenPCCError, json_out: bool = False) -> typer.Exit:
     if json_out:
-        print(json.dumps({"ok": False, "error": str(e), "kind": type(e).__name__,
-                          "hint": e.hint}))
+        print(json.dumps({"ok": False, "error": str(e), "kind": type(e).__name__, "hint": e.hint}))
     else:
         err.print(f"[bold red]error:[/] {e}", highlight=False)
         if e.hint:
@@ -93,8 +92,11 @@ def verify(
         async with _session(target, policy, nonce) as s:  # type: ignore[arg-type]
             run = await s.verify()
         if json_out:
-            print(json.dumps({"url": target, **run.to_dict(),
-                              "verify_ms": round(s.verify_seconds * 1000, 2)}))
+            print(
+                json.dumps(
+                    {"url": target, **run.to_dict(), "verify_ms": round(s.verify_seconds * 1000, 2)}
+                )
+            )
         else:
             print_run(out, run, target)
         if run.error is not None:
@@ -108,7 +110,9 @@ def verify(
 
 @app.command()
 def ask(
-    prompt: str | None = typer.Argument(None, help="the prompt; read from stdin when absent or '-'"),
+    prompt: str | None = typer.Argument(
+        None, help="the prompt; read from stdin when absent or '-'"
+    ),
     url: str | None = UrlOpt,
     model: str | None = typer.Option(None, "--model", help="model name (the node serves one)"),
     max_tokens: int = typer.Option(128, "--max-tokens", min=1, max=32768),
@@ -120,8 +124,9 @@ def ask(
     if prompt is None or prompt == "-":
         prompt = sys.stdin.read()
     if not prompt.strip():
-        raise _fail(OpenPCCError("the prompt is empty", hint="pass it as an argument or on stdin"),
-                    json_out)
+        raise _fail(
+            OpenPCCError("the prompt is empty", hint="pass it as an argument or on stdin"), json_out
+        )
     target = _url(url)
     payload: dict[str, object] = {"max_tokens": max_tokens, "stream": True}
     if model:
@@ -153,15 +158,24 @@ def ask(
                     if not json_out:
                         out.print(piece, end="", highlight=False, markup=False)
                 if status != 200 and ev.data:
-                    raise OpenPCCError(f"the node answered {status}: "
-                                       f"{ev.data[:300].decode(errors='replace')}")
+                    raise OpenPCCError(
+                        f"the node answered {status}: {ev.data[:300].decode(errors='replace')}"
+                    )
             if json_out:
-                print(json.dumps({
-                    "ok": True, "text": "".join(text), "tee": node.tee,
-                    "simulated": node.simulated, "measurement": node.measurement.hex(),
-                    "key_id": node.key_config.key_id, "verified": True,
-                    "verify_ms": round(s.verify_seconds * 1000, 2),
-                }))
+                print(
+                    json.dumps(
+                        {
+                            "ok": True,
+                            "text": "".join(text),
+                            "tee": node.tee,
+                            "simulated": node.simulated,
+                            "measurement": node.measurement.hex(),
+                            "key_id": node.key_config.key_id,
+                            "verified": True,
+                            "verify_ms": round(s.verify_seconds * 1000, 2),
+                        }
+                    )
+                )
             else:
                 out.print()
                 if node.simulated:
@@ -195,8 +209,9 @@ def chat(
 def proxy(
     url: str | None = UrlOpt,
     listen: str = typer.Option("127.0.0.1:8481", "--listen", help="HOST:PORT to serve on"),
-    allow_remote: bool = typer.Option(False, "--allow-remote",
-                                      help="allow a non-loopback listen address"),
+    allow_remote: bool = typer.Option(
+        False, "--allow-remote", help="allow a non-loopback listen address"
+    ),
     policy: Path | None = PolicyOpt,
 ) -> None:
     """A local OpenAI-compatible endpoint that verifies the node and encrypts every request."""
@@ -206,8 +221,12 @@ def proxy(
     if not host or not port.isdigit():
         raise _fail(OpenPCCError(f"--listen {listen!r} is not HOST:PORT"))
     if host not in ("127.0.0.1", "localhost", "::1", "[::1]") and not allow_remote:
-        raise _fail(OpenPCCError(f"refusing to listen on {host}: the proxy serves plaintext",
-                                 hint="use a loopback address, or --allow-remote if you mean it"))
+        raise _fail(
+            OpenPCCError(
+                f"refusing to listen on {host}: the proxy serves plaintext",
+                hint="use a loopback address, or --allow-remote if you mean it",
+            )
+        )
     target = _url(url)
     try:
         run_proxy(_session(target, policy), host.strip("[]"), int(port), target)
@@ -232,11 +251,14 @@ def relay(
 @app.command()
 def trust(
     simulated: Path | None = typer.Option(
-        None, "--simulated", help="trust this SIMULATION root PEM (development only)"),
-    untrust_simulated: bool = typer.Option(False, "--untrust-simulated",
-                                           help="stop trusting simulation roots"),
-    log_key: str | None = typer.Option(None, "--log-key",
-                                       help="pin a transparency-log verifier key"),
+        None, "--simulated", help="trust this SIMULATION root PEM (development only)"
+    ),
+    untrust_simulated: bool = typer.Option(
+        False, "--untrust-simulated", help="stop trusting simulation roots"
+    ),
+    log_key: str | None = typer.Option(
+        None, "--log-key", help="pin a transparency-log verifier key"
+    ),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Show or change what this client trusts (pinned vendor roots come from the package)."""
@@ -244,14 +266,16 @@ def trust(
     try:
         if simulated is not None:
             certs = store.trust_simulation(simulated.read_bytes())
-            err.print(f"[bold red]Now trusting {len(certs)} SIMULATION root(s).[/] Evidence "
-                      "signed by them proves nothing about hardware: a node that shows it is "
-                      f"{SIMULATED_BANNER}. Undo with `openpcc trust --untrust-simulated`.")
+            err.print(
+                f"[bold red]Now trusting {len(certs)} SIMULATION root(s).[/] Evidence "
+                "signed by them proves nothing about hardware: a node that shows it is "
+                f"{SIMULATED_BANNER}. Undo with `openpcc trust --untrust-simulated`."
+            )
         if untrust_simulated and store.untrust_simulation():
             err.print("Simulation roots removed.")
         if log_key is not None:
-            k = store.add_log_key(log_key)
-            err.print(f"Pinned transparency-log key {k.name}.")
+            pinned = store.add_log_key(log_key)
+            err.print(f"Pinned transparency-log key {pinned.name}.")
         anchors = store.anchors()
     except OSError as e:
         raise _fail(OpenPCCError(f"trust store: {e}")) from e
@@ -270,4 +294,3 @@ def trust(
     else:
         for k, v in info.items():
             out.print(f"{k}: {v}", highlight=False)
-

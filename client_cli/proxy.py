@@ -27,8 +27,9 @@ MAX_REQUEST = 4 * 1024 * 1024
 
 
 def _error(status: int, message: str, kind: str = "openpcc_error") -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "code": status}},
-                        status_code=status)
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "code": status}}, status_code=status
+    )
 
 
 def create_proxy_app(session: Session) -> Starlette:
@@ -56,6 +57,7 @@ def create_proxy_app(session: Session) -> Starlette:
             return _error(502, "the node sent an empty answer")
         status = first.head.status if first.head is not None else 502
         if stream and status == 200:
+
             async def body_iter() -> AsyncIterator[bytes]:
                 try:
                     async for ev in events:
@@ -92,12 +94,22 @@ def run_proxy(session: Session, host: str, port: int, url: str) -> None:
         except TransportError:
             raise
         console.print(status_line(session.last_run, url))
-        if session.last_run is not None and session.last_run.node is not None and \
-                session.last_run.node.simulated:
+        if (
+            session.last_run is not None
+            and session.last_run.node is not None
+            and session.last_run.node.simulated
+        ):
             console.print(f"[bold red]{SIMULATED_BANNER}[/]")
         console.print(f"OpenAI-compatible proxy on http://{host}:{port}/v1 -> {url}")
-        server = uvicorn.Server(uvicorn.Config(create_proxy_app(session), host=host, port=port,
-                                               access_log=False, log_level="warning"))
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_proxy_app(session),
+                host=host,
+                port=port,
+                access_log=False,
+                log_level="warning",
+            )
+        )
         await server.serve()
         await session.aclose()
 

@@ -27,14 +27,19 @@ MAX_BODY = 4 * 1024 * 1024
 _PASS_BACK = ("content-type", "cache-control", "retry-after")
 
 
-def create_relay_app(gateway: str, *, transport: httpx.AsyncBaseTransport | None = None
-                     ) -> Starlette:
+def create_relay_app(
+    gateway: str, *, transport: httpx.AsyncBaseTransport | None = None
+) -> Starlette:
     gateway = gateway.rstrip("/")
-    client = httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=10.0), transport=transport,
-                               headers={"user-agent": "openpcc-relay"})
+    client = httpx.AsyncClient(
+        timeout=httpx.Timeout(600.0, connect=10.0),
+        transport=transport,
+        headers={"user-agent": "openpcc-relay"},
+    )
 
-    async def relay(request: Request, method: str, headers: dict[str, str],
-                    content: AsyncIterator[bytes] | None) -> Response:
+    async def relay(
+        request: Request, method: str, headers: dict[str, str], content: AsyncIterator[bytes] | None
+    ) -> Response:
         url = gateway + request.url.path
         if request.url.query:
             url += "?" + request.url.query
@@ -44,8 +49,12 @@ def create_relay_app(gateway: str, *, transport: httpx.AsyncBaseTransport | None
         except httpx.HTTPError:
             return PlainTextResponse("unavailable", status_code=502)
         back = {k: v for k, v in upstream.headers.items() if k.lower() in _PASS_BACK}
-        return StreamingResponse(upstream.aiter_raw(), status_code=upstream.status_code,
-                                 headers=back, background=BackgroundTask(upstream.aclose))
+        return StreamingResponse(
+            upstream.aiter_raw(),
+            status_code=upstream.status_code,
+            headers=back,
+            background=BackgroundTask(upstream.aclose),
+        )
 
     async def post_ohttp(request: Request) -> Response:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -80,5 +89,12 @@ def create_relay_app(gateway: str, *, transport: httpx.AsyncBaseTransport | None
 
 def run_relay(gateway: str, host: str, port: int) -> None:
     print(f"OHTTP relay on http://{host}:{port} -> {gateway}", flush=True)
-    uvicorn.run(create_relay_app(gateway), host=host, port=port, access_log=False,
-                log_level="warning", server_header=False, date_header=False)
+    uvicorn.run(
+        create_relay_app(gateway),
+        host=host,
+        port=port,
+        access_log=False,
+        log_level="warning",
+        server_header=False,
+        date_header=False,
+    )

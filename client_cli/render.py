@@ -12,8 +12,12 @@ from attest.bundle import CHECK_ORDER, VerificationRun
 __all__ = ["SIMULATED_BANNER", "checks_table", "print_run", "status_line"]
 
 SIMULATED_BANNER = "SIMULATED — NOT CONFIDENTIAL"
-_STYLE = {"pass": ("PASS", "bold green"), "fail": ("FAIL", "bold red"),
-          "skip": ("SKIP", "yellow"), "not-run": ("not run", "dim")}
+_STYLE = {
+    "pass": ("PASS", "bold green"),
+    "fail": ("FAIL", "bold red"),
+    "skip": ("SKIP", "yellow"),
+    "not-run": ("not run", "dim"),
+}
 _TITLES = dict(CHECK_ORDER)
 
 
@@ -31,12 +35,20 @@ def checks_table(run: VerificationRun, title: str = "Attestation") -> Table:
 def print_run(console: Console, run: VerificationRun, url: str) -> None:
     console.print(checks_table(run, title=f"Attestation of {url}"))
     if run.node is not None and run.node.simulated:
-        console.print(Panel(Text(SIMULATED_BANNER, style="bold white on red", justify="center"),
-                            border_style="red"))
+        console.print(
+            Panel(
+                Text(SIMULATED_BANNER, style="bold white on red", justify="center"),
+                border_style="red",
+            )
+        )
     if run.node is not None:
-        console.print(Text("VERIFIED", style="bold green") + Text(
-            f"  {run.node.tee}  measurement {run.node.measurement.hex()[:24]}…  "
-            f"key id {run.node.key_config.key_id}"))
+        console.print(
+            Text("VERIFIED", style="bold green")
+            + Text(
+                f"  {run.node.tee}  measurement {run.node.measurement.hex()[:24]}…  "
+                f"key id {run.node.key_config.key_id}"
+            )
+        )
     elif run.error is not None:
         console.print(Text("NOT VERIFIED: ", style="bold red") + Text(str(run.error)))
         if run.error.hint:
@@ -47,8 +59,7 @@ def status_line(run: VerificationRun | None, url: str) -> Text:
     if run is None or run.node is None:
         return Text(f"{url}: not verified", style="bold red")
     n = run.node
-    line = Text(f"bound to {url} · {n.tee} · measurement {n.measurement.hex()[:16]}… ",
-                style="dim")
+    line = Text(f"bound to {url} · {n.tee} · measurement {n.measurement.hex()[:16]}… ", style="dim")
     if n.simulated:
         line += Text(SIMULATED_BANNER, style="bold red")
     else:

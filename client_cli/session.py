@@ -17,7 +17,13 @@ from typing import Literal
 
 import httpx
 
-from attest.bundle import ClientPolicy, TrustAnchors, VerificationRun, VerifiedNode, run_verification
+from attest.bundle import (
+    ClientPolicy,
+    TrustAnchors,
+    VerificationRun,
+    VerifiedNode,
+    run_verification,
+)
 from attest.errors import DecryptError, OpenPCCError, ParseError, TransportError
 from client_cli.trust import FileCheckpointStore
 from server.bhttp_stream import ResponseHead, StreamingResponseDecoder
@@ -113,7 +119,8 @@ class Session:
         self.nonce_mode = nonce_mode
         self.now = now
         self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout, connect=10.0), transport=transport,
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            transport=transport,
             follow_redirects=False,
         )
         self.last_run: VerificationRun | None = None
@@ -143,9 +150,7 @@ class Session:
             raise ParseError("the attestation bundle is not a JSON object")
         return bundle
 
-    async def _get_bounded(
-        self, path: str, params: Mapping[str, str] | None, limit: int
-    ) -> bytes:
+    async def _get_bounded(self, path: str, params: Mapping[str, str] | None, limit: int) -> bytes:
         try:
             async with self._http.stream("GET", self.url + path, params=params) as r:
                 if r.status_code != 200:
@@ -183,7 +188,11 @@ class Session:
         if self.checkpoints is not None and isinstance(tl, dict):
             await self._prefetch_consistency(tl, proofs)
         run = run_verification(
-            bundle, trust=self.trust, policy=self.policy, nonce=nonce, now=self.now,
+            bundle,
+            trust=self.trust,
+            policy=self.policy,
+            nonce=nonce,
+            now=self.now,
             checkpoints=self.checkpoints,
             consistency=lambda a, b: proofs.get((a, b), []),
         )
@@ -245,7 +254,9 @@ class Session:
             except _StaleKeyError:
                 self._node = None
                 if attempt == 1:
-                    raise DecryptError("the node refused the request twice after re-verification")
+                    raise DecryptError(
+                        "the node refused the request twice after re-verification"
+                    ) from None
 
     async def _exchange(
         self, enc: bytes, opener: ChunkedResponseOpener
@@ -254,7 +265,9 @@ class Session:
         started = False
         try:
             async with self._http.stream(
-                "POST", self.url + "/v1/ohttp", content=enc,
+                "POST",
+                self.url + "/v1/ohttp",
+                content=enc,
                 headers={"content-type": CHUNKED_REQ, "accept": "message/ohttp-chunked-res"},
             ) as r:
                 if r.status_code == 400:
@@ -265,8 +278,10 @@ class Session:
                 if r.status_code == 413:
                     raise TransportError("the request is too large for the node")
                 if r.status_code != 200:
-                    raise TransportError(f"the node answered HTTP {r.status_code} (busy or "
-                                         "unavailable)", hint="try again shortly")
+                    raise TransportError(
+                        f"the node answered HTTP {r.status_code} (busy or unavailable)",
+                        hint="try again shortly",
+                    )
                 async for piece in r.aiter_raw():
                     for plain in opener.feed(piece):
                         head, pieces = decoder.feed(plain)
@@ -279,7 +294,14 @@ class Session:
             raise TransportError(
                 f"connection to {self.url} failed mid-answer: {type(e).__name__}"
             ) from e
-        opener.close()  # a stream without its sealed final chunk is truncation, never an answer
+        # A stream without its sealed final chunk is truncation, never an answer.
+        for plain in opener.close():
+            head, pieces = decoder.feed(plain)
+            if head is not None:
+                started = True
+                yield StreamEvent("head", head=head)
+            for p in pieces:
+                yield StreamEvent("data", data=p)
         head, pieces = decoder.finish()
         if head is not None and not started:
             yield StreamEvent("head", head=head)

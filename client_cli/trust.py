@@ -1,11 +1,11 @@
-"""The client's trust store, policy and checkpoint memory, under the user's config directory.
+"""The client's trust store, policy and checkpoint memory, in the user's config directory.
 
 Layout (``$OPENPCC_CONFIG_DIR``, else ``$XDG_CONFIG_HOME/openpcc``, else ``~/.config/openpcc``)::
 
-    log-keys.txt            transparency-log verifier keys (C2SP ``name+hash+base64``), one a line
-    simulation-roots.pem    roots of SIMULATED evidence: present only after `openpcc trust --simulated`
-    policy.toml             optional policy (strict: unknown keys and an empty file are errors)
-    checkpoints/<hash>.txt  the last checkpoint accepted per log origin, to refuse rollbacks and forks
+    log-keys.txt          transparency-log verifier keys (C2SP name+hash+base64), one a line
+    simulation-roots.pem  SIMULATED evidence roots: only after `openpcc trust --simulated`
+    policy.toml           optional policy (strict: unknown keys, an empty file are errors)
+    checkpoints/*.txt     the last checkpoint accepted per log origin (refuses rollbacks, forks)
 
 The pinned AMD and NVIDIA roots come from the package, never from this directory or the network.
 """

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import signal
 import sys
 import threading
 from pathlib import Path
@@ -13,7 +12,9 @@ from pathlib import Path
 import typer
 import uvicorn
 
+from attest.binding import canonical_json
 from attest.errors import OpenPCCError
+from cvm_boot.tlog import ENTRIES_FILE, TransparencyLog, bundle_entry
 from server.attestation import (
     BundleBuilder,
     ConfigfsSnpProvider,
@@ -32,44 +33,41 @@ __all__ = ["build_state", "main", "serve"]
 
 
 class _ReloadingLog:
-    """The release log, reopened when the operator appends (the file grows)."""
+    """The release log, reopened when the operator appends to it (the entries file changes)."""
 
     def __init__(self, directory: Path, manifest: bytes) -> None:
-        from cvm_boot.tlog import TransparencyLog, bundle_entry
-
-        self._open = TransparencyLog.open
-        self._entry = bundle_entry
         self._dir = directory
         self._manifest = manifest
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
-        self._log = self._reload()
+        self._log = self._reopen()
 
-    def _reload(self) -> object:
-        st = (self._dir / "entries").stat() if (self._dir / "entries").exists() else None
-        self._stamp = (st.st_size, st.st_mtime_ns) if st else None
-        return self._open(self._dir)
+    def _file_stamp(self) -> tuple[int, int] | None:
+        path = self._dir / ENTRIES_FILE
+        if not path.exists():
+            return None
+        st = path.stat()
+        return st.st_size, st.st_mtime_ns
 
-    def _current(self):  # type: ignore[no-untyped-def]
+    def _reopen(self) -> TransparencyLog:
+        self._stamp = self._file_stamp()
+        return TransparencyLog.open(self._dir)
+
+    def current(self) -> TransparencyLog:
         with self._lock:
-            path = self._dir / "entries"
-            st = path.stat() if path.exists() else None
-            stamp = (st.st_size, st.st_mtime_ns) if st else None
-            if stamp != self._stamp:
-                self._log = self._reload()
+            if self._file_stamp() != self._stamp:
+                self._log = self._reopen()
             return self._log
 
     def view(self) -> LogView:
         return LogView(
-            entry=lambda: self._entry(self._current(), self._manifest),
-            checkpoint=lambda: self._current().checkpoint(),
-            consistency=lambda a, b: self._current().consistency_proof(a, b),
+            entry=lambda: bundle_entry(self.current(), self._manifest),
+            checkpoint=lambda: self.current().checkpoint(),
+            consistency=lambda a, b: self.current().consistency_proof(a, b),
         )
 
 
 def build_state(cfg: GatewayConfig) -> GatewayState:
-    from attest.binding import canonical_json
-
     manifest = json.loads(cfg.manifest.read_text())
     measurement = bytes.fromhex(str(manifest["measurement"]))
     cpu: CpuEvidenceProvider
@@ -92,8 +90,7 @@ def build_state(cfg: GatewayConfig) -> GatewayState:
         replay_max_per_key=cfg.replay_max_per_key,
     )
     log = _ReloadingLog(cfg.log_dir, canonical_json(manifest)).view()
-    bundles = BundleBuilder(cpu=cpu, gpu=gpu, keys=keys, manifest=manifest,
-                            tlog_entry=log.entry)
+    bundles = BundleBuilder(cpu=cpu, gpu=gpu, keys=keys, manifest=manifest, tlog_entry=log.entry)
     engine = EngineSupervisor(cfg.engine, log_path=cfg.engine_log)
     return GatewayState(config=cfg, keys=keys, bundles=bundles, engine=engine, log=log)
 
@@ -104,8 +101,14 @@ async def serve(cfg: GatewayConfig) -> None:
     app = create_app(state)
     server = uvicorn.Server(
         uvicorn.Config(
-            app, host=cfg.host, port=cfg.port, access_log=False, log_level="warning",
-            lifespan="on", timeout_keep_alive=30, h11_max_incomplete_event_size=64 * 1024,
+            app,
+            host=cfg.host,
+            port=cfg.port,
+            access_log=False,
+            log_level="warning",
+            lifespan="on",
+            timeout_keep_alive=30,
+            h11_max_incomplete_event_size=64 * 1024,
         )
     )
     await state.engine.start()
@@ -119,13 +122,14 @@ def main(config: Path = typer.Option(..., "--config", help="gateway TOML")) -> N
     """Run the sealed gateway (and supervise its engine) until SIGTERM."""
     try:
         cfg = load_config(config)
-        print(f"openpcc gateway: {cfg.attestation} attestation, engine {cfg.engine.kind}, "
-              f"listening on {cfg.host}:{cfg.port}", file=sys.stderr, flush=True)
+        print(
+            f"openpcc gateway: {cfg.attestation} attestation, engine {cfg.engine.kind}, "
+            f"listening on {cfg.host}:{cfg.port}",
+            file=sys.stderr,
+            flush=True,
+        )
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve(cfg))
     except OpenPCCError as e:
         print(f"openpcc gateway: {e}", file=sys.stderr)
         raise typer.Exit(1) from e
-
-
-_ = signal

@@ -52,8 +52,9 @@ class ConfigfsSnpProvider:
 
     tee = "sev-snp"
 
-    def __init__(self, root: Path = Path("/sys/kernel/config/tsm/report"), *,
-                 extra_certs_pem: str = "") -> None:
+    def __init__(
+        self, root: Path = Path("/sys/kernel/config/tsm/report"), *, extra_certs_pem: str = ""
+    ) -> None:
         self._root = root
         self._extra = extra_certs_pem
 
@@ -160,4 +161,3 @@ class BundleBuilder:
             with self._lock:
                 self._cached = ((self._keys.generation, tl.get("tree_size")), bundle)
         return bundle
-

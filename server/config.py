@@ -56,8 +56,9 @@ def load_config(path: Path) -> GatewayConfig:
         gw[k] = Path(gw[k])
     eng_known = {f.name for f in fields(EngineSpec)}
     if set(engine) - eng_known:
-        raise ParseError(f"gateway config {path}: unknown engine key(s) "
-                         f"{sorted(set(engine) - eng_known)}")
+        raise ParseError(
+            f"gateway config {path}: unknown engine key(s) {sorted(set(engine) - eng_known)}"
+        )
     if "args" in engine:
         engine["args"] = tuple(engine["args"])
     try:

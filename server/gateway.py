@@ -80,7 +80,7 @@ def _plain(status: int, text: str) -> Response:
     return PlainTextResponse(text, status_code=status, headers={"cache-control": "no-store"})
 
 
-def create_app(state: GatewayState) -> Starlette:  # noqa: C901 - routes close over the state
+def create_app(state: GatewayState) -> Starlette:
     cfg = state.config
     m = state.metrics
 
@@ -183,8 +183,9 @@ def create_app(state: GatewayState) -> Starlette:  # noqa: C901 - routes close o
         keys = state.keys.keys()
         if enc_request and enc_request[0] not in keys:
             m.outcome("decrypt_failed")
-            return JSONResponse(_KEY_PROBLEM, status_code=400,
-                                media_type="application/problem+json")
+            return JSONResponse(
+                _KEY_PROBLEM, status_code=400, media_type="application/problem+json"
+            )
         try:
             plaintext, sealer = decapsulate_request(keys, enc_request)
         except DecryptError:
@@ -199,8 +200,9 @@ def create_app(state: GatewayState) -> Starlette:  # noqa: C901 - routes close o
         if inner.stream is not None:
             body = b"".join([piece async for piece in inner.stream])
         encoded = encode_response(BhttpResponse(inner.status, inner.headers, body))
-        return Response(sealer.seal(encoded), media_type=OHTTP_RES,
-                        headers={"cache-control": "no-store"})
+        return Response(
+            sealer.seal(encoded), media_type=OHTTP_RES, headers={"cache-control": "no-store"}
+        )
 
     async def _inner(plaintext: bytes) -> InnerResponse:
         assert state.serving is not None
@@ -208,8 +210,9 @@ def create_app(state: GatewayState) -> Starlette:  # noqa: C901 - routes close o
             req = decode_request(plaintext)
         except ParseError:
             m.outcome("bad_request")
-            return openai_error(400, "inner request is not valid binary HTTP",
-                                "invalid_request_error")
+            return openai_error(
+                400, "inner request is not valid binary HTTP", "invalid_request_error"
+            )
         return await state.serving.handle(req)
 
     async def _chunked(request: Request) -> Response:
@@ -225,7 +228,7 @@ def create_app(state: GatewayState) -> Starlette:  # noqa: C901 - routes close o
                     chunks.extend(opener.feed(piece))
                     if opener.finished:
                         break
-            opener.close()
+            chunks.extend(opener.close())
         except _TooLarge:
             m.outcome("too_large")
             return _plain(413, "too large")
@@ -253,14 +256,17 @@ def create_app(state: GatewayState) -> Starlette:  # noqa: C901 - routes close o
                     yield sealer.seal_chunk(encode_content_chunk(piece))
             yield sealer.seal_chunk(encode_response_end(), final=True)
 
-        return StreamingResponse(body(), media_type=CHUNKED_RES,
-                                 headers={"cache-control": "no-store"})
+        return StreamingResponse(
+            body(), media_type=CHUNKED_RES, headers={"cache-control": "no-store"}
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state.slots = asyncio.Semaphore(cfg.max_concurrent)
         state.serving = Serving(
-            state.engine, m, served_model=cfg.engine.served_model_name,
+            state.engine,
+            m,
+            served_model=cfg.engine.served_model_name,
             timeout_s=cfg.request_timeout_s,
         )
         try:
@@ -280,6 +286,5 @@ def create_app(state: GatewayState) -> Starlette:  # noqa: C901 - routes close o
     return Starlette(routes=routes, lifespan=lifespan)
 
 
-class _TooLarge(Exception):  # noqa: N818 - internal signal
+class _TooLarge(Exception):
     pass
-

@@ -88,7 +88,9 @@ class Serving:
         t0 = time.perf_counter()
         try:
             r = await self._client.request(
-                method, url, content=body,
+                method,
+                url,
+                content=body,
                 headers={"content-type": "application/json"} if body is not None else None,
             )
         except httpx.TimeoutException:
@@ -155,8 +157,13 @@ class Serving:
                 yield piece
         except httpx.HTTPError as e:
             outcome = "engine_error"
-            err = {"error": {"message": f"engine failed during generation ({type(e).__name__})",
-                             "type": "engine_error", "code": 502}}
+            err = {
+                "error": {
+                    "message": f"engine failed during generation ({type(e).__name__})",
+                    "type": "engine_error",
+                    "code": 502,
+                }
+            }
             yield b"data: " + json.dumps(err).encode() + b"\n\n"
         finally:
             m.active_streams -= 1

@@ -69,6 +69,10 @@ _TCB_OIDS: tuple[tuple[str, x509.ObjectIdentifier], ...] = (
     ("microcode", OID_AMD_UCODESPL),
 )
 
+# The AMD files in attest/roots (other vendors' roots live beside them).
+AMD_ROOT_FILES = tuple(
+    f"{product.lower()}_{key}_chain.pem" for product in PRODUCTS for key in ("vcek", "vlek")
+)
 PSS_SALT_LENGTH = 48
 _PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=PSS_SALT_LENGTH)
 _PRODUCT_RE = re.compile(r"\b(Milan|Genoa|Turin)\b")
@@ -111,10 +115,8 @@ def _pinned_material() -> tuple[tuple[x509.Certificate, ...], tuple[x509.Certifi
     roots: list[x509.Certificate] = []
     intermediates: list[x509.Certificate] = []
     folder = resources.files("attest").joinpath("roots")
-    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        if not entry.name.endswith(".pem"):
-            continue
-        for cert in load_certificates(entry.read_bytes()):
+    for name in AMD_ROOT_FILES:
+        for cert in load_certificates(folder.joinpath(name).read_bytes()):
             target = roots if cert.issuer == cert.subject else intermediates
             if cert not in target:
                 target.append(cert)

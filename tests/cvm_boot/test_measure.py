@@ -1,4 +1,4 @@
-"""Launch measurements: Debian's OVMF digest, the kernel-hashes path, the simulation construction."""
+"""Launch measurements: Debian's OVMF digest, the kernel-hashes path, simulation."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def test_kernel_hashes_page_matches_qemu_layout(snp_recipe: Path) -> None:
 
 def test_firmware_digest_mismatch_is_refused(snp_recipe: Path) -> None:
     (snp_recipe.parent / "vmlinuz").write_bytes(b"another kernel")
-    with pytest.raises(VerificationError, match="kernel .* has SHA-256") as err:
+    with pytest.raises(VerificationError, match=r"kernel .* has SHA-256") as err:
         expected_measurement(load_recipe(snp_recipe))
     assert err.value.check == "recipe-digest"
 
@@ -131,7 +131,7 @@ def test_simulated_measurement_is_recomputable_from_manifest() -> None:
 
 def test_tdx_needs_pinned_mrtd(make_recipe_text: object) -> None:
     text = make_recipe_text("tdx")  # type: ignore[operator]
-    with pytest.raises(ParseError, match="needs \\[tdx\\].mrtd"):
+    with pytest.raises(ParseError, match=r"needs \[tdx\]\.mrtd"):
         expected_measurement(parse_recipe(text, base_dir=Path("/x")))
     pinned = parse_recipe(text + '\n[tdx]\nmrtd = "' + "ab" * 48 + '"\n', base_dir=Path("/x"))
     assert expected_measurement(pinned) == bytes.fromhex("ab" * 48)

@@ -1,4 +1,4 @@
-"""The file-backed log: durable appends, refusal of torn, truncated or edited files, keys on disk."""
+"""The file-backed log: durable appends; torn, truncated or edited files refused; keys on disk."""
 
 from __future__ import annotations
 

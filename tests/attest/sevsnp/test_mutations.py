@@ -82,7 +82,9 @@ def _expected_code(outcome: Outcome) -> int:
 def _assert_cli_names(doc: dict[str, object], outcome: Outcome) -> None:
     checks = doc["checks"]
     assert isinstance(checks, list)
-    failed = [c["name"] for c in checks if c["ok"] is False and not c["detail"].startswith("not run")]
+    failed = [
+        c["name"] for c in checks if c["ok"] is False and not c["detail"].startswith("not run")
+    ]
     if outcome is None:
         assert doc["ok"] is True and failed == []
     elif outcome[1] == "policy":
@@ -187,13 +189,24 @@ class SimRow:
 _OTHER = "ab" * 48
 SIM_ROWS = [
     SimRow("baseline", None),
-    SimRow("baseline-with-full-policy", None, policy={
-        "measurements": [MEASUREMENT.hex()], "report_data": REPORT_DATA.hex(),
-        "host_data": "00" * 32, "vmpls": [0], "min_tcb": {"bootloader": 4, "snp": 22},
-        "min_abi": "1.55", "require_signing_key": "vcek",
-        "id_key_digests": ["00" * 48], "author_key_digests": ["00" * 48],
-    }),  # fmt: skip
-    SimRow("signature", (VerificationError, "signature"), post=lambda r: _flip(0x2A0)(bytearray(r))),
+    SimRow(
+        "baseline-with-full-policy",
+        None,
+        policy={
+            "measurements": [MEASUREMENT.hex()],
+            "report_data": REPORT_DATA.hex(),
+            "host_data": "00" * 32,
+            "vmpls": [0],
+            "min_tcb": {"bootloader": 4, "snp": 22},
+            "min_abi": "1.55",
+            "require_signing_key": "vcek",
+            "id_key_digests": ["00" * 48],
+            "author_key_digests": ["00" * 48],
+        },
+    ),
+    SimRow(
+        "signature", (VerificationError, "signature"), post=lambda r: _flip(0x2A0)(bytearray(r))
+    ),
     SimRow("measurement", (PolicyError, "measurement"), policy={"measurements": [_OTHER]}),
     SimRow(
         "measurement-signed-differently",
@@ -210,8 +223,12 @@ SIM_ROWS = [
         sign={"policy": 0x30000 | 1 << 19},
         policy={"allow_debug": True},
     ),
-    SimRow("policy-migrate-ma-bit", (PolicyError, "migrate_ma"), sign={"policy": 0x30000 | 1 << 18}),
-    SimRow("tcb-not-the-vceks", (VerificationError, "tcb"), sign={"tcb": TcbVersion(4, 0, 23, 213)}),
+    SimRow(
+        "policy-migrate-ma-bit", (PolicyError, "migrate_ma"), sign={"policy": 0x30000 | 1 << 18}
+    ),
+    SimRow(
+        "tcb-not-the-vceks", (VerificationError, "tcb"), sign={"tcb": TcbVersion(4, 0, 23, 213)}
+    ),
     SimRow("tcb-below-minimum", (PolicyError, "min_tcb"), policy={"min_tcb": {"microcode": 214}}),
     SimRow(
         "current-tcb-below-minimum",
@@ -229,13 +246,19 @@ SIM_ROWS = [
     SimRow("require-vlek", (PolicyError, "signing_key"), policy={"require_signing_key": "vlek"}),
     SimRow("id-key-digest", (PolicyError, "id_key_digest"), policy={"id_key_digests": [_OTHER]}),
     SimRow(
-        "author-key-digest", (PolicyError, "author_key_digest"), policy={"author_key_digests": [_OTHER]}
+        "author-key-digest",
+        (PolicyError, "author_key_digest"),
+        policy={"author_key_digests": [_OTHER]},
     ),
     SimRow("version-2", None, sign={"version": 2}),
     SimRow("version-5", None, sign={"version": 5}),
     SimRow("version-6", (ParseError, "parse"), sign={"version": 6}),
     SimRow("length", (ParseError, "parse"), post=lambda r: r[:-16]),
-    SimRow("cpuid-genoa-on-milan-chain", (VerificationError, "product"), sign={"cpuid": (0x19, 0x11, 1)}),
+    SimRow(
+        "cpuid-genoa-on-milan-chain",
+        (VerificationError, "product"),
+        sign={"cpuid": (0x19, 0x11, 1)},
+    ),
     SimRow("cpuid-unknown", (VerificationError, "product"), sign={"cpuid": (0x17, 0x31, 0)}),
     SimRow("expired", (VerificationError, "validity"), now=datetime(2099, 1, 1, tzinfo=UTC)),
     SimRow("not-yet-valid", (VerificationError, "validity"), now=datetime(2001, 1, 1, tzinfo=UTC)),

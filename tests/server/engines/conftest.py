@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,3 +28,13 @@ def fake_engine_spec(*extra: str, port: int = 0) -> EngineSpec:
 @pytest.fixture
 def fake_spec() -> EngineSpec:
     return fake_engine_spec()
+
+
+@pytest.fixture
+def make_fake_spec() -> Callable[..., EngineSpec]:
+    return fake_engine_spec
+
+
+@pytest.fixture
+def fake_engine_path() -> Path:
+    return FAKE_ENGINE

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
 
-from server.engines import EngineSupervisor
-
-from .conftest import fake_engine_spec
+from server.engines import EngineSpec, EngineSupervisor
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    sup = EngineSupervisor(fake_engine_spec("--tokens", "6"), health_interval=0.1)
+async def client(make_fake_spec: Callable[..., EngineSpec]) -> AsyncIterator[httpx.AsyncClient]:
+    sup = EngineSupervisor(make_fake_spec("--tokens", "6"), health_interval=0.1)
     await sup.start()
     try:
         await sup.wait_ready(30)

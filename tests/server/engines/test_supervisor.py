@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -18,11 +19,14 @@ import pytest
 from attest.errors import TransportError
 from server.engines import EngineSpec, EngineSupervisor
 
-from .conftest import FAKE_ENGINE, fake_engine_spec
-
 pytestmark = pytest.mark.anyio
 
-FAST = {"health_interval": 0.1, "backoff_initial": 0.05, "backoff_max": 0.4, "stop_timeout": 3.0}
+FAST: dict[str, Any] = {
+    "health_interval": 0.1,
+    "backoff_initial": 0.05,
+    "backoff_max": 0.4,
+    "stop_timeout": 3.0,
+}
 
 
 async def eventually(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
@@ -120,7 +124,7 @@ async def test_failed_health_checks_restart(fake_spec: EngineSpec) -> None:
         await sup.stop()
 
 
-async def test_stop_kills_the_whole_process_group(tmp_path: Path) -> None:
+async def test_stop_kills_the_whole_process_group(tmp_path: Path, fake_engine_path: Path) -> None:
     pidfile = tmp_path / "grandchild.pid"
     # The engine forks a long-lived helper (as vLLM forks its workers), then becomes the fake.
     code = (
@@ -129,7 +133,7 @@ async def test_stop_kills_the_whole_process_group(tmp_path: Path) -> None:
         "open(sys.argv[1], 'w').write(str(p.pid))\n"
         "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])\n"
     )
-    argv = (sys.executable, "-c", code, str(pidfile), str(FAKE_ENGINE))
+    argv = (sys.executable, "-c", code, str(pidfile), str(fake_engine_path))
     spec = EngineSpec(kind="command", args=(*argv, "--host", "{host}", "--port", "{port}"))
     sup = EngineSupervisor(spec, **FAST)
     await sup.start()
@@ -169,22 +173,24 @@ async def test_missing_executable_fails_without_retrying(tmp_path: Path) -> None
         await sup.stop()
 
 
-async def test_wait_ready_before_start_raises() -> None:
-    sup = EngineSupervisor(fake_engine_spec(), **FAST)
+async def test_wait_ready_before_start_raises(fake_spec: EngineSpec) -> None:
+    sup = EngineSupervisor(fake_spec, **FAST)
     with pytest.raises(TransportError, match="not running"):
         await sup.wait_ready(1)
 
 
-def test_port_zero_picks_a_free_loopback_port() -> None:
-    a = EngineSupervisor(fake_engine_spec())
-    b = EngineSupervisor(fake_engine_spec())
+def test_port_zero_picks_a_free_loopback_port(
+    make_fake_spec: Callable[..., EngineSpec],
+) -> None:
+    a = EngineSupervisor(make_fake_spec())
+    b = EngineSupervisor(make_fake_spec())
     assert a.port > 0
     assert a.base_url == f"http://127.0.0.1:{a.port}"
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", a.port))  # free: nothing else holds it
     assert a.command()[-1] == str(a.port)
     assert b.port > 0
-    fixed = EngineSupervisor(fake_engine_spec(port=a.port))
+    fixed = EngineSupervisor(make_fake_spec(port=a.port))
     assert fixed.port == a.port
 
 
