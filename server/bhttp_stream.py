@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from attest.errors import ParseError
 from server.ohttp import decode_response
+from server.ohttp._varint import encode_varint as varint
+from server.ohttp._varint import peek_varint as _read_varint
 
 __all__ = [
     "ResponseHead",
@@ -19,35 +21,10 @@ __all__ = [
     "encode_content_chunk",
     "encode_response_end",
     "encode_response_head",
-    "varint",
 ]
 
 _INDETERMINATE_RESPONSE = 3
 _KNOWN_RESPONSE = 1
-
-
-def varint(n: int) -> bytes:
-    """QUIC variable-length integer (RFC 9000 section 16)."""
-    if n < 0x40:
-        return n.to_bytes(1, "big")
-    if n < 0x4000:
-        return (n | 0x4000).to_bytes(2, "big")
-    if n < 0x4000_0000:
-        return (n | 0x8000_0000).to_bytes(4, "big")
-    if n < 0x4000_0000_0000_0000:
-        return (n | 0xC000_0000_0000_0000).to_bytes(8, "big")
-    raise ValueError("integer too large for a QUIC varint")
-
-
-def _read_varint(buf: bytes | bytearray, pos: int) -> tuple[int, int] | None:
-    if pos >= len(buf):
-        return None
-    first = buf[pos]
-    size = 1 << (first >> 6)
-    if pos + size > len(buf):
-        return None
-    value = int.from_bytes(buf[pos : pos + size], "big") & ((1 << (8 * size - 2)) - 1)
-    return value, pos + size
 
 
 def _fields(fields: Sequence[tuple[str, str]]) -> bytes:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
@@ -73,7 +73,7 @@ class GatewayState:
     metrics: Metrics = field(default_factory=Metrics)
     started: float = field(default_factory=time.monotonic)
     serving: Serving | None = None
-    slots: asyncio.Semaphore | None = None
+    in_flight: int = 0
 
 
 def _plain(status: int, text: str) -> Response:
@@ -161,14 +161,34 @@ def create_app(state: GatewayState) -> Starlette:
         if ctype not in (OHTTP_REQ, CHUNKED_REQ):
             m.outcome("bad_request")
             return _plain(400, "bad request: unsupported media type")
-        assert state.slots is not None and state.serving is not None
-        if state.slots.locked():
+        assert state.serving is not None
+        if state.in_flight >= cfg.max_concurrent:
             m.outcome("busy")
             return _plain(503, "busy")
-        async with state.slots:
+        # A slot is held until the last byte of the answer is sent, not until the handler
+        # returns: a streamed answer keeps the engine busy long after that.
+        state.in_flight += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                state.in_flight -= 1
+
+        try:
             if ctype == OHTTP_REQ:
-                return await _one_shot(request)
-            return await _chunked(request)
+                response = await _one_shot(request)
+            else:
+                response = await _chunked(request)
+        except BaseException:
+            release()
+            raise
+        if isinstance(response, StreamingResponse):
+            response.body_iterator = _releasing(response.body_iterator, release)
+        else:
+            release()
+        return response
 
     async def _one_shot(request: Request) -> Response:
         assert state.serving is not None
@@ -262,7 +282,6 @@ def create_app(state: GatewayState) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        state.slots = asyncio.Semaphore(cfg.max_concurrent)
         state.serving = Serving(
             state.engine,
             m,
@@ -284,6 +303,16 @@ def create_app(state: GatewayState) -> Starlette:
         Route("/metrics", metrics, methods=["GET"]),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
+
+
+async def _releasing(
+    body: AsyncIterable[str | bytes | memoryview], release: Callable[[], None]
+) -> AsyncIterator[str | bytes | memoryview]:
+    try:
+        async for piece in body:
+            yield piece
+    finally:
+        release()
 
 
 class _TooLarge(Exception):

@@ -35,7 +35,7 @@ import contextlib  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
 FAKE_ENGINE = Path(__file__).resolve().parent / "fakes" / "engine.py"
@@ -138,3 +138,28 @@ def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
     finally:
         with contextlib.suppress(subprocess.TimeoutExpired):
             stop_appliance(app)
+
+
+@pytest.fixture(scope="module")
+def appliance_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., Appliance]]:
+    """Start extra simulated appliances (e.g. with a paced fake engine); all stop with the module.
+
+    ``appliance_factory(fake_args=("--tokens-per-second", "20"), gateway_extra="...")`` returns a
+    running :class:`Appliance` in its own state and config directories.
+    """
+    started: list[Appliance] = []
+
+    def make(*, fake_args: tuple[str, ...] = (), gateway_extra: str = "") -> Appliance:
+        base = tmp_path_factory.mktemp("appliance")
+        app = start_appliance(base, fake_args=fake_args, gateway_extra=gateway_extra)
+        started.append(app)
+        return app
+
+    try:
+        yield make
+    finally:
+        for app in started:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                stop_appliance(app)

@@ -1,0 +1,249 @@
+"""The client sends nothing to /v1/ohttp unless every check passed (DESIGN.md section 4).
+
+One row per check: a real simulated bundle with one thing wrong (the report re-signed over the
+mutated bundle where needed, so the check the row names is the first to fail), served to a real
+Session through a transport that records every request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from attest import binding
+from attest.bundle import CHECK_ORDER
+from attest.errors import (
+    OpenPCCError,
+    ParseError,
+    PolicyError,
+    TransportError,
+    VerificationError,
+    exit_code_for,
+)
+from attest.sevsnp.abi import IMAGE_ID, POLICY_DEBUG_BIT, TcbVersion
+from server.keys import KeyRing
+
+Bundle = dict[str, object]
+CHAT = {"messages": [{"role": "user", "content": "secret words"}], "stream": True}
+CHECK_NAMES = [name for name, _ in CHECK_ORDER]
+
+
+def _send_one(session: Any) -> None:
+    async def go() -> None:
+        async with session:
+            async for _ in session.stream("POST", "/v1/chat/completions", CHAT):
+                pass
+
+    asyncio.run(go())
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+# -- one mutation per row ---------------------------------------------------------------------
+
+
+def _truncated_report(node: Any, b: Bundle, nonce: bytes | None) -> Bundle:
+    b["report"] = _b64(base64.b64decode(str(b["report"]))[:-1])
+    return b
+
+
+def _flipped_signed_byte(node: Any, b: Bundle, nonce: bytes | None) -> Bundle:
+    raw = bytearray(base64.b64decode(str(b["report"])))
+    raw[IMAGE_ID] ^= 0x01  # inside the signed range, but nothing parse or policy looks at
+    b["report"] = _b64(bytes(raw))
+    return b
+
+
+def _other_chain(node: Any, b: Bundle, nonce: bytes | None) -> Bundle:
+    # Validly signed, by a chain whose root this client never trusted.
+    return node.rebind(b, nonce, signer=node.other_snp)  # type: ignore[no-any-return]
+
+
+def _reported_tcb_above_cert(node: Any, b: Bundle, nonce: bytes | None) -> Bundle:
+    t = node.snp.tcb
+    higher = TcbVersion(t.bootloader, t.tee, t.snp, t.microcode + 1)
+    return node.rebind(b, nonce, tcb=higher)  # type: ignore[no-any-return]
+
+
+def _debug_policy(node: Any, b: Bundle, nonce: bytes | None) -> Bundle:
+    return node.rebind(b, nonce, policy=0x30000 | (1 << POLICY_DEBUG_BIT))  # type: ignore[no-any-return]
+
+
+def _other_measurement(node: Any, b: Bundle, nonce: bytes | None) -> Bundle:
+    return node.rebind(b, nonce, measurement=node.other_measurement)  # type: ignore[no-any-return]
+
+
+def _wrong_inclusion_proof(node: Any, b: Bundle, nonce: bytes | None) -> Bundle:
+    tl = dict(b["tlog"])  # type: ignore[call-overload]
+    proof = list(tl["inclusion"])
+    assert proof, "the test log must be large enough for a non-empty proof"
+    proof[0] = bytes(32).hex()
+    tl["inclusion"] = proof
+    b["tlog"] = tl
+    return b
+
+
+def _unpinned_log_key(node: Any, b: Bundle, nonce: bytes | None) -> Bundle:
+    b["tlog"] = node.tlog_entry(node.unpinned_log)
+    return b
+
+
+def _key_config_swapped(node: Any, b: Bundle, nonce: bytes | None) -> Bundle:
+    b["key_config"] = _b64(KeyRing().current_config.encode())
+    return b
+
+
+def _gpu_evidence_of_another_node(node: Any, b: Bundle, nonce: bytes | None) -> Bundle:
+    # Genuine, fresh evidence from another node's GPU, but not the evidence this report binds.
+    b["gpus"] = [node.gpu_entry(nonce, gpu=node.other_gpu)]
+    return b
+
+
+def _gpu_other_chain_bound(node: Any, b: Bundle, nonce: bytes | None) -> Bundle:
+    b["gpus"] = [node.gpu_entry(nonce, gpu=node.other_gpu)]
+    return node.rebind(b, nonce)  # type: ignore[no-any-return]
+
+
+def _gpu_cc_off_bound(node: Any, b: Bundle, nonce: bytes | None) -> Bundle:
+    b["gpus"] = [node.gpu_entry(nonce, cc_enabled=False)]
+    return node.rebind(b, nonce)  # type: ignore[no-any-return]
+
+
+def _gpu_stale_nonce_bound(node: Any, b: Bundle, nonce: bytes | None) -> Bundle:
+    b["gpus"] = [node.gpu_entry(bytes(32))]  # evidence for a nonce the client never sent
+    return node.rebind(b, nonce)  # type: ignore[no-any-return]
+
+
+def _garbage_key_config_bound(node: Any, b: Bundle, nonce: bytes | None) -> Bundle:
+    b["key_config"] = _b64(b"\x07not a key configuration")
+    return node.rebind(b, nonce)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str
+    check: str
+    mutate: Callable[[Any, Bundle, bytes | None], Bundle]
+    error: type[OpenPCCError]
+    exit_code: int
+    says: str
+
+
+ROWS = [
+    Row("report-parse", "report-parse", _truncated_report, ParseError, 3, "1183 bytes"),
+    Row("report-signature", "report-signature", _flipped_signed_byte, VerificationError, 4, "does not verify"),
+    Row("cert-chain", "cert-chain", _other_chain, VerificationError, 4, "trusted ARK"),
+    Row("tcb-consistency", "tcb-consistency", _reported_tcb_above_cert, VerificationError, 4, "REPORTED_TCB"),
+    Row("policy", "policy", _debug_policy, PolicyError, 5, "debug"),
+    Row("measurement", "measurement", _other_measurement, VerificationError, 4, "!= manifest"),
+    Row(
+        "transparency-log-inclusion",
+        "transparency-log",
+        _wrong_inclusion_proof,
+        VerificationError,
+        4,
+        "yields root",
+    ),
+    Row(
+        "transparency-log-unpinned-key",
+        "transparency-log",
+        _unpinned_log_key,
+        VerificationError,
+        4,
+        "pinned",
+    ),
+    Row("report-data-key", "report-data", _key_config_swapped, VerificationError, 4, "bind"),
+    Row(
+        "report-data-gpu-swapped",
+        "report-data",
+        _gpu_evidence_of_another_node,
+        VerificationError,
+        4,
+        "GPU evidence",
+    ),
+    Row("gpu-other-chain", "gpu", _gpu_other_chain_bound, VerificationError, 4, "no pinned root"),
+    Row("gpu-cc-off", "gpu", _gpu_cc_off_bound, VerificationError, 4, "confidential-computing"),
+    Row("gpu-stale-nonce", "gpu", _gpu_stale_nonce_bound, VerificationError, 4, "nonce"),
+    Row("key-config", "key-config", _garbage_key_config_bound, ParseError, 3, "key config"),
+]
+
+
+def test_every_check_has_a_row() -> None:
+    assert {r.check for r in ROWS} == set(CHECK_NAMES)
+
+
+@pytest.fixture(scope="module")
+def node(sim_node: Any) -> Any:
+    return sim_node
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
+def test_a_failed_check_sends_nothing(node: Any, row: Row) -> None:
+    transport = node.transport(row.mutate)
+    session = node.session(transport)
+    with pytest.raises(row.error) as info:
+        _send_one(session)
+    err = info.value
+    assert exit_code_for(err) == row.exit_code
+    if isinstance(err, VerificationError):
+        assert err.check == row.check
+    if isinstance(err, PolicyError):
+        # Every violation is carried; the run (below) names the check.
+        assert err.violations
+    assert row.says in str(err)
+    # The run names exactly this check: everything before it passed, nothing after it ran.
+    statuses = [(c.name, c.status) for c in session.last_run.checks]
+    at = CHECK_NAMES.index(row.check)
+    assert [n for n, _ in statuses] == CHECK_NAMES
+    assert [s for _, s in statuses[:at]] == ["pass"] * at
+    assert statuses[at] == (row.check, "fail")
+    assert {s for _, s in statuses[at + 1 :]} <= {"not-run"}
+    assert session.last_run.node is None
+    assert len(transport.bundle_gets) == 1
+    assert transport.ohttp_posts == []
+
+
+def test_control_an_unmutated_bundle_is_sent_to(node: Any) -> None:
+    """The harness is not vacuous: the same node, unmutated, gets the encrypted request."""
+    transport = node.transport()
+    session = node.session(transport)
+    with pytest.raises(TransportError, match="HTTP 503"):
+        _send_one(session)
+    assert session.last_run.ok
+    [post] = transport.ohttp_posts
+    assert post.headers["content-type"] == "message/ohttp-chunked-req"
+    # Sealed to the key the verified bundle carried, and nothing in it is plaintext.
+    assert post.content[0] == node.keys.current_config.key_id
+    assert b"secret words" not in post.content
+
+
+def test_gpu_evidence_of_another_node_is_refused_naming_the_binding(node: Any) -> None:
+    transport = node.transport(_gpu_evidence_of_another_node)
+    session = node.session(transport)
+    with pytest.raises(VerificationError) as info:
+        _send_one(session)
+    assert info.value.check == "report-data"
+    assert "REPORT_DATA does not bind" in str(info.value)
+    assert "GPU evidence" in str(info.value)
+    assert transport.ohttp_posts == []
+
+
+def test_the_report_data_recipe_is_the_contracts(node: Any) -> None:
+    """The rows that re-sign rely on binding.report_data being what the verifier checks."""
+    nonce = bytes(range(32))
+    b = node.bundle(nonce)
+    key_config = base64.b64decode(str(b["key_config"]))
+    want = binding.report_data(
+        key_config=key_config, gpus=b["gpus"], manifest=b["manifest"], nonce=nonce
+    )
+    report = base64.b64decode(str(b["report"]))
+    from attest.sevsnp.abi import parse_report
+
+    assert parse_report(report).report_data == want
