@@ -200,7 +200,7 @@ def create_app(state: GatewayState) -> Starlette:
         except (TimeoutError, ClientDisconnect):
             m.outcome("timeout")
             return _plain(400, "bad request")
-        keys = state.keys.keys()
+        keys = state.keys.accepted()
         if enc_request and enc_request[0] not in keys:
             m.outcome("decrypt_failed")
             return JSONResponse(
@@ -236,7 +236,7 @@ def create_app(state: GatewayState) -> Starlette:
         return await state.serving.handle(req)
 
     async def _chunked(request: Request) -> Response:
-        opener = ChunkedRequestOpener(state.keys.keys())
+        opener = ChunkedRequestOpener(state.keys.accepted())
         chunks: list[bytes] = []
         size = 0
         try:

@@ -75,7 +75,7 @@ class KeyRing:
             out.append(self._previous.key.config)
         return out
 
-    def keys(self) -> Mapping[int, ServerKey]:
+    def accepted(self) -> Mapping[int, ServerKey]:
         self.tick()
         out = {self._current.key.config.key_id: self._current.key}
         if self._previous is not None:

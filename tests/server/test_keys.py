@@ -25,12 +25,12 @@ def test_rotation_keeps_previous_key_during_overlap_only() -> None:
     second = ring.current_config.key_id
     assert second != first
     assert rotations == [1]
-    assert set(ring.keys()) == {first, second}
+    assert set(ring.accepted()) == {first, second}
     assert [c.key_id for c in ring.configs()] == [second, first]
     clock.t += 9.9
-    assert first in ring.keys()
+    assert first in ring.accepted()
     clock.t += 0.2
-    assert set(ring.keys()) == {second}
+    assert set(ring.accepted()) == {second}
 
 
 def test_replay_is_refused_under_the_same_key() -> None:
@@ -62,7 +62,7 @@ def test_full_replay_memory_rotates_instead_of_forgetting() -> None:
     assert not ring.admit(kid, bytes([0]) * 32)
     # The previous key's memory is full too: the first new request under it retires it.
     assert ring.admit(kid, b"\x09" * 32)
-    assert kid not in ring.keys()
+    assert kid not in ring.accepted()
 
 
 def test_invalid_settings_are_refused() -> None:
