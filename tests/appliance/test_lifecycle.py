@@ -1,0 +1,62 @@
+"""Provisioning is idempotent; status and down behave when nothing is running."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from appliance import lifecycle
+from appliance.main import app
+from appliance.state import ApplianceRecord, StatePaths
+from attest.errors import ParseError
+
+
+def test_provision_twice_gives_the_same_release(tmp_path: Path) -> None:
+    paths = StatePaths(tmp_path)
+    args = ("python", "engine.py", "--port", "{port}")
+    a = lifecycle.provision_simulated(paths, port=18999, engine="command", engine_args=args)
+    b = lifecycle.provision_simulated(paths, port=18999, engine="command", engine_args=args)
+    assert a.measurement == b.measurement and len(a.measurement) == 48
+    assert a.log_index == b.log_index == 0
+    assert a.log_vkey == b.log_vkey
+    manifest = json.loads(paths.manifest.read_text())
+    assert manifest["measurement"] == a.measurement.hex()
+    assert ApplianceRecord.load(paths.record).gateway_url == "http://127.0.0.1:18999"
+    # Simulation keys are private to the operator.
+    for key in paths.sim.rglob("*key*"):
+        assert key.stat().st_mode & 0o077 == 0, key
+
+
+def test_command_engine_needs_argv(tmp_path: Path) -> None:
+    with pytest.raises(ParseError, match="argv"):
+        lifecycle.provision_simulated(StatePaths(tmp_path), engine="command")
+
+
+def test_status_and_down_when_not_provisioned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENPCC_STATE_DIR", str(tmp_path))
+    r = CliRunner().invoke(app, ["status", "--json"])
+    assert r.exit_code == 0
+    assert json.loads(r.output)["state"] == "not-provisioned"
+    r = CliRunner().invoke(app, ["down"])
+    assert r.exit_code == 0 and "not running" in r.output
+    r = CliRunner().invoke(app, ["up", "--timeout", "1"])
+    assert r.exit_code == 3
+    assert "no appliance is provisioned" in r.output
+
+
+def test_status_reports_down_after_provision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENPCC_STATE_DIR", str(tmp_path))
+    lifecycle.provision_simulated(
+        StatePaths(tmp_path), port=1, engine="command", engine_args=("x",)
+    )
+    r = CliRunner().invoke(app, ["status", "--json"])
+    st = json.loads(r.output)
+    assert st["state"] == "down" and st["mode"] == "simulated"
+    assert st["log_vkey"].startswith("openpcc.appliance/log+")
