@@ -154,9 +154,9 @@ def _cpu_times(pids: Mapping[str, int]) -> dict[str, float]:
     return out
 
 
-async def _closed_loop(stream: Streamer, items: Sequence[WorkItem], concurrency: int) -> tuple[
-    float, list[Sample]
-]:
+async def _closed_loop(
+    stream: Streamer, items: Sequence[WorkItem], concurrency: int
+) -> tuple[float, list[Sample]]:
     samples = [Sample(it.index, it.prompt_tokens, it.output_tokens) for it in items]
     queue = list(zip(items, samples, strict=True))
     queue.reverse()

@@ -28,7 +28,7 @@ from bench.stack import (
     running_stack,
 )
 from bench.summary import summarize_serving
-from bench.workload import sharegpt_like
+from bench.workload import WorkItem, sharegpt_like
 
 __all__ = ["SCENARIOS", "Options", "run"]
 
@@ -42,9 +42,9 @@ class Options:
     seed: int = 1
     results: Path = REPO_ROOT / "bench" / "results"
     concurrency: tuple[int, ...] = (1, 8, 32, 64)
-    rounds: int = 2
+    rounds: int = 3
     requests: int = 0
-    """Requests per cell; 0 = max(16, 2 x concurrency) unpaced, max(4, concurrency) paced."""
+    """Requests per cell; 0 = max(32, 4 x concurrency) unpaced, max(4, concurrency) paced."""
     rate: float = 100.0
     """Tokens/s per stream of the paced synthetic engine (0 disables that configuration)."""
     max_output: int = 1024
@@ -107,7 +107,9 @@ def _engines(opts: Options, notes: list[str]) -> list[tuple[EngineChoice, tuple[
     return out
 
 
-def _items_for(opts: Options, engine: EngineChoice, concurrency: int, round_no: int) -> list:  # type: ignore[type-arg]
+def _items_for(
+    opts: Options, engine: EngineChoice, concurrency: int, round_no: int
+) -> list[WorkItem]:
     if engine.kind == "embedded":
         n = opts.requests or max(4, concurrency)
         return sharegpt_like(n, opts.seed * 1000 + concurrency, max_prompt=64, max_output=32)
@@ -115,7 +117,7 @@ def _items_for(opts: Options, engine: EngineChoice, concurrency: int, round_no: 
         n = opts.requests or max(4, concurrency)
         cap = min(opts.max_output, 256)
     else:
-        n = opts.requests or max(16, 2 * concurrency)
+        n = opts.requests or max(32, 4 * concurrency)
         cap = opts.max_output
     # The same seed per (concurrency, round) for every configuration: identical work.
     return sharegpt_like(n, opts.seed * 1000 + concurrency * 10 + round_no, max_output=cap)

@@ -59,7 +59,7 @@ def embedded_available() -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class EngineChoice:
-    """``synthetic`` (the fake engine at ``rate`` tokens/s, 0 = as fast as it can) or ``embedded``."""
+    """``synthetic``: the fake engine at ``rate`` tokens/s (0 = unpaced); or ``embedded``."""
 
     name: str
     kind: str

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from appliance import lifecycle
+from appliance.state import ApplianceRecord, StatePaths
 from attest.bundle import ClientPolicy
 from attest.sevsnp.validate import SnpPolicy
 from bench.stack import EngineChoice, provision
@@ -23,7 +24,7 @@ __all__ = ["ask_runs", "cold_start_runs", "prepare_client_config"]
 ASK_PROMPT = "Why is the sky blue on a clear day"
 
 
-async def _first_answer(url: str, paths: lifecycle.StatePaths) -> tuple[float, float]:
+async def _first_answer(url: str, paths: StatePaths) -> tuple[float, float]:
     """(client verification seconds, seconds from verified to first token) for a new client."""
     async with Session(
         url, trust=lifecycle.trust_anchors(paths), policy=ClientPolicy(snp=SnpPolicy())
@@ -47,7 +48,7 @@ def cold_start_runs(state: Path, engine: EngineChoice, n: int) -> list[dict[str,
     """``n`` times: stopped appliance -> ``up`` (spawn, health, operator verification) ->
     a new client verifies and gets its first token."""
     paths, _ = provision(state, engine, max_concurrent=64)
-    url = f"http://127.0.0.1:{lifecycle.ApplianceRecord.load(paths.record).port}"
+    url = f"http://127.0.0.1:{ApplianceRecord.load(paths.record).port}"
     out: list[dict[str, float]] = []
     try:
         for _ in range(n):
@@ -69,7 +70,7 @@ def cold_start_runs(state: Path, engine: EngineChoice, n: int) -> list[dict[str,
     return out
 
 
-def prepare_client_config(directory: Path, paths: lifecycle.StatePaths) -> Path:
+def prepare_client_config(directory: Path, paths: StatePaths) -> Path:
     """A client trust store that trusts this simulated appliance (``openpcc trust``)."""
     store = TrustStore(directory)
     store.trust_simulation(paths.sim_trust.read_bytes())

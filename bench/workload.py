@@ -12,7 +12,7 @@ import math
 import random
 from dataclasses import dataclass
 
-__all__ = ["PROMPT_LAW", "OUTPUT_LAW", "WorkItem", "sharegpt_like"]
+__all__ = ["OUTPUT_LAW", "PROMPT_LAW", "WorkItem", "sharegpt_like"]
 
 PROMPT_LAW = (math.log(110.0), 1.1)
 """(mu, sigma) of log(prompt tokens)."""
@@ -56,8 +56,8 @@ def sharegpt_like(
     vocab = _vocabulary(rng)
     items: list[WorkItem] = []
     for i in range(n):
-        p = int(round(rng.lognormvariate(*PROMPT_LAW)))
-        o = int(round(rng.lognormvariate(*OUTPUT_LAW)))
+        p = round(rng.lognormvariate(*PROMPT_LAW))
+        o = round(rng.lognormvariate(*OUTPUT_LAW))
         p = max(4, min(max_prompt, p))
         o = max(min_output, min(max_output, o))
         words = rng.choices(vocab, k=p)

@@ -8,14 +8,24 @@ message on the next line.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from attest.errors import OpenPCCError
 from client_cli.render import print_run, status_line
-from client_cli.session import Session, SseDecoder, delta_text
+from client_cli.session import (
+    MAX_SSE_LINE,
+    Session,
+    SseDecoder,
+    delta_text,
+    event_error,
+    inner_error,
+)
 
 __all__ = ["ChatLoop"]
 
@@ -82,18 +92,24 @@ class ChatLoop:
         parts: list[str] = []
         task = self.loop.create_task(self._stream(parts))
         self.console.print("[bold cyan]model>[/] ", end="")
+        # Ctrl-C cancels the answer at its next await, so the encrypted stream is closed
+        # cleanly; a KeyboardInterrupt could land anywhere, even inside the TLS/HPKE state.
+        self.loop.add_signal_handler(signal.SIGINT, task.cancel)
         try:
             self.loop.run_until_complete(task)
-        except KeyboardInterrupt:
+        except (asyncio.CancelledError, KeyboardInterrupt):
             task.cancel()
-            self.loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
+            with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
+                self.loop.run_until_complete(task)
             self.console.print("\n[dim](answer stopped)[/]")
         except OpenPCCError as e:
-            self.console.print(f"\n[bold red]error:[/] {e}")
+            self.console.print(f"\n[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
             if e.hint:
-                self.console.print(f"[dim]hint: {e.hint}[/]")
+                self.console.print(f"[dim]hint: {escape(e.hint)}[/]", soft_wrap=True)
         else:
             self.console.print()
+        finally:
+            self.loop.remove_signal_handler(signal.SIGINT)
         if parts:
             self.history.append({"role": "assistant", "content": "".join(parts)})
         else:
@@ -104,17 +120,20 @@ class ChatLoop:
         payload = {"messages": self.history, "max_tokens": self.max_tokens, "stream": True}
         sse = SseDecoder()
         status = 0
+        refused = bytearray()
         async for ev in self.session.stream("POST", "/v1/chat/completions", payload):
             if ev.kind == "head" and ev.head is not None:
                 status = ev.head.status
                 continue
             if status != 200:
-                raise OpenPCCError(
-                    f"the node answered {status}: {ev.data[:300].decode(errors='replace')}"
-                )
+                refused += ev.data[: MAX_SSE_LINE - len(refused)]
+                continue
             for event in sse.feed(ev.data):
-                if "error" in event:
-                    raise OpenPCCError(f"the node reported: {event['error']}")
+                problem = event_error(event)
+                if problem is not None:
+                    raise problem
                 piece = delta_text(event)
                 parts.append(piece)
                 self.console.print(piece, end="", markup=False)
+        if status != 200:
+            raise inner_error(status, bytes(refused))

@@ -16,10 +16,19 @@ from typing import Any, Literal, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from attest.errors import OpenPCCError, exit_code_for
+from attest.bundle import VerificationRun
+from attest.errors import OpenPCCError, PolicyError, VerificationError, exit_code_for
 from client_cli.render import SIMULATED_BANNER, print_run, status_line
-from client_cli.session import Session, SseDecoder, delta_text
+from client_cli.session import (
+    MAX_SSE_LINE,
+    Session,
+    SseDecoder,
+    delta_text,
+    event_error,
+    inner_error,
+)
 from client_cli.trust import TrustStore, load_policy
 from client_cli.verify_gpu_tdx import verify_gpu, verify_tdx
 from client_cli.verify_report import verify_report
@@ -51,14 +60,42 @@ def _url(url: str | None) -> str:
     return url or os.environ.get("OPENPCC_URL") or DEFAULT_URL
 
 
-def _fail(e: OpenPCCError, json_out: bool = False) -> typer.Exit:
+def _failed_check(run: VerificationRun | None) -> str | None:
+    if run is None:
+        return None
+    return next((c.name for c in run.checks if c.status == "fail"), None)
+
+
+def _hint(e: OpenPCCError) -> str:
+    if e.hint:
+        return e.hint
+    if isinstance(e, VerificationError | PolicyError):
+        return "`openpcc verify` shows every check"
+    return ""
+
+
+def _fail(
+    e: OpenPCCError, json_out: bool = False, run: VerificationRun | None = None
+) -> typer.Exit:
+    """One line saying what failed (and a hint), or one JSON object; the class's exit code."""
+    check = _failed_check(run)
     if json_out:
-        print(json.dumps({"ok": False, "error": str(e), "kind": type(e).__name__, "hint": e.hint}))
+        obj: dict[str, object] = {"ok": False, "error": str(e), "kind": type(e).__name__}
+        if check is not None:
+            obj["check"] = check
+        obj["hint"] = _hint(e)
+        print(json.dumps(obj))
     else:
-        err.print(f"[bold red]error:[/] {e}", highlight=False)
-        if e.hint:
-            err.print(f"[dim]hint: {e.hint}[/]", highlight=False)
+        # soft_wrap: a long message stays one line, whatever the terminal's width.
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        if _hint(e):
+            err.print(f"[dim]hint: {escape(_hint(e))}[/]", highlight=False, soft_wrap=True)
     return typer.Exit(exit_code_for(e))
+
+
+def _interrupted() -> typer.Exit:
+    err.print("interrupted", highlight=False)
+    return typer.Exit(130)
 
 
 def _session(url: str, policy: Path | None, nonce: Literal["auto", "none"] = "auto") -> Session:
@@ -92,11 +129,14 @@ def verify(
         async with _session(target, policy, nonce) as s:  # type: ignore[arg-type]
             run = await s.verify()
         if json_out:
-            print(
-                json.dumps(
-                    {"url": target, **run.to_dict(), "verify_ms": round(s.verify_seconds * 1000, 2)}
+            obj = {"url": target, **run.to_dict(), "verify_ms": round(s.verify_seconds * 1000, 2)}
+            if run.error is not None:
+                obj.update(
+                    kind=type(run.error).__name__,
+                    check=_failed_check(run),
+                    hint=_hint(run.error),
                 )
-            )
+            print(json.dumps(obj))
         else:
             print_run(out, run, target)
         if run.error is not None:
@@ -106,6 +146,8 @@ def verify(
         _run(go())
     except OpenPCCError as e:
         raise _fail(e, json_out) from e
+    except KeyboardInterrupt:
+        raise _interrupted() from None
 
 
 @app.command()
@@ -138,29 +180,36 @@ def ask(
         path = "/v1/chat/completions"
         payload["messages"] = [{"role": "user", "content": prompt}]
 
+    session: Session | None = None
+    text: list[str] = []
+
     async def go() -> None:
+        nonlocal session
         async with _session(target, policy) as s:
+            session = s
             node = await s.node()
             if not json_out:
-                err.print(status_line(s.last_run, target))
-            text: list[str] = []
+                err.print(status_line(s.last_run, target), soft_wrap=True)
             sse = SseDecoder()
             status = 0
+            refused = bytearray()
             async for ev in s.stream("POST", path, payload):
                 if ev.kind == "head" and ev.head is not None:
                     status = ev.head.status
                     continue
-                for event in sse.feed(ev.data) if status == 200 else []:
-                    if "error" in event:
-                        raise OpenPCCError(f"the node reported: {event['error']}")
+                if status != 200:
+                    refused += ev.data[: MAX_SSE_LINE - len(refused)]
+                    continue
+                for event in sse.feed(ev.data):
+                    problem = event_error(event)
+                    if problem is not None:
+                        raise problem
                     piece = delta_text(event)
                     text.append(piece)
                     if not json_out:
                         out.print(piece, end="", highlight=False, markup=False)
-                if status != 200 and ev.data:
-                    raise OpenPCCError(
-                        f"the node answered {status}: {ev.data[:300].decode(errors='replace')}"
-                    )
+            if status != 200:
+                raise inner_error(status, bytes(refused))
             if json_out:
                 print(
                     json.dumps(
@@ -184,7 +233,11 @@ def ask(
     try:
         _run(go())
     except OpenPCCError as e:
-        raise _fail(e, json_out) from e
+        if not json_out and any(text):
+            out.print()  # the error starts on its own line, after what was already shown
+        raise _fail(e, json_out, session.last_run if session is not None else None) from e
+    except KeyboardInterrupt:
+        raise _interrupted() from None
 
 
 @app.command()
@@ -198,11 +251,15 @@ def chat(
     from client_cli.chat import ChatLoop
 
     target = _url(url)
+    session: Session | None = None
     try:
-        loop = ChatLoop(_session(target, policy), target, max_tokens=max_tokens, save=save)
-        raise typer.Exit(loop.run())
+        session = _session(target, policy)
+        code = ChatLoop(session, target, max_tokens=max_tokens, save=save).run()
     except OpenPCCError as e:
-        raise _fail(e) from e
+        raise _fail(e, run=session.last_run if session is not None else None) from e
+    except KeyboardInterrupt:
+        raise _interrupted() from None
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -278,7 +335,7 @@ def trust(
             err.print(f"Pinned transparency-log key {pinned.name}.")
         anchors = store.anchors()
     except OSError as e:
-        raise _fail(OpenPCCError(f"trust store: {e}")) from e
+        raise _fail(OpenPCCError(f"trust store: {e}"), json_out) from e
     except OpenPCCError as e:
         raise _fail(e, json_out) from e
     info = {

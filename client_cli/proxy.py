@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from attest.errors import OpenPCCError, TransportError
+from attest.errors import OpenPCCError
 from client_cli.render import SIMULATED_BANNER, status_line
 from client_cli.session import Session
 
@@ -30,6 +30,16 @@ def _error(status: int, message: str, kind: str = "openpcc_error") -> JSONRespon
     return JSONResponse(
         {"error": {"message": message, "type": kind, "code": status}}, status_code=status
     )
+
+
+def _node_header(session: Session) -> str:
+    """What the answer came from, in every response; HTTP headers are ASCII, hence the hyphen."""
+    run = session.last_run
+    if run is None or run.node is None:
+        return "not verified"
+    n = run.node
+    what = "SIMULATED - NOT CONFIDENTIAL" if n.simulated else "verified"
+    return f"{n.tee}; measurement={n.measurement.hex()[:16]}; {what}"
 
 
 def create_proxy_app(session: Session) -> Starlette:
@@ -52,10 +62,12 @@ def create_proxy_app(session: Session) -> Starlette:
         try:
             first = await anext(events)
         except OpenPCCError as e:
+            await events.aclose()
             return _error(502, f"node not usable: {e}")
         except StopAsyncIteration:
             return _error(502, "the node sent an empty answer")
         status = first.head.status if first.head is not None else 502
+        headers = {"openpcc-node": _node_header(session)}
         if stream and status == 200:
 
             async def body_iter() -> AsyncIterator[bytes]:
@@ -65,15 +77,22 @@ def create_proxy_app(session: Session) -> Starlette:
                 except OpenPCCError as e:
                     err = {"error": {"message": str(e), "type": "openpcc_error"}}
                     yield b"data: " + json.dumps(err).encode() + b"\n\n"
+                finally:
+                    # The client may leave mid-answer: end the encrypted stream now, not at GC.
+                    await events.aclose()
 
-            return StreamingResponse(body_iter(), media_type="text/event-stream")
+            return StreamingResponse(body_iter(), media_type="text/event-stream", headers=headers)
         data = bytearray()
         try:
             async for ev in events:
                 data += ev.data
         except OpenPCCError as e:
             return _error(502, f"answer failed: {e}")
-        return Response(bytes(data), status_code=status, media_type="application/json")
+        finally:
+            await events.aclose()
+        return Response(
+            bytes(data), status_code=status, media_type="application/json", headers=headers
+        )
 
     routes = [
         Route("/v1/chat/completions", forward, methods=["POST"]),
@@ -88,29 +107,23 @@ def run_proxy(session: Session, host: str, port: int, url: str) -> None:
 
     async def main() -> None:
         try:
-            await session.node()
-        except OpenPCCError:
-            raise
-        except TransportError:
-            raise
-        console.print(status_line(session.last_run, url))
-        if (
-            session.last_run is not None
-            and session.last_run.node is not None
-            and session.last_run.node.simulated
-        ):
-            console.print(f"[bold red]{SIMULATED_BANNER}[/]")
-        console.print(f"OpenAI-compatible proxy on http://{host}:{port}/v1 -> {url}")
-        server = uvicorn.Server(
-            uvicorn.Config(
-                create_proxy_app(session),
-                host=host,
-                port=port,
-                access_log=False,
-                log_level="warning",
+            await session.node()  # refuse to listen at all for a node that does not verify
+            console.print(status_line(session.last_run, url))
+            run = session.last_run
+            if run is not None and run.node is not None and run.node.simulated:
+                console.print(f"[bold red]{SIMULATED_BANNER}[/]")
+            console.print(f"OpenAI-compatible proxy on http://{host}:{port}/v1 -> {url}")
+            server = uvicorn.Server(
+                uvicorn.Config(
+                    create_proxy_app(session),
+                    host=host,
+                    port=port,
+                    access_log=False,
+                    log_level="warning",
+                )
             )
-        )
-        await server.serve()
-        await session.aclose()
+            await server.serve()
+        finally:
+            await session.aclose()
 
     asyncio.run(main())

@@ -7,10 +7,11 @@ cached per node and key id, and redone on key rotation, on any decryption failur
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -35,6 +36,9 @@ __all__ = [
     "Session",
     "SseDecoder",
     "StreamEvent",
+    "delta_text",
+    "event_error",
+    "inner_error",
     "seal_request",
 ]
 
@@ -79,6 +83,8 @@ class SseDecoder:
         out: list[dict[str, object]] = []
         while b"\n" in self._buf:
             line, self._buf = self._buf.split(b"\n", 1)
+            if len(line) > MAX_SSE_LINE:
+                raise ParseError("a server-sent event line exceeds 1 MiB")
             line = line.rstrip(b"\r")
             if not line.startswith(b"data:"):
                 continue
@@ -127,6 +133,8 @@ class Session:
         self.verify_seconds = 0.0
         self._node: VerifiedNode | None = None
         self._verified_mono = 0.0
+        # Concurrent requests (the proxy) wait for one verification instead of each running one.
+        self._verify_lock = asyncio.Lock()
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -224,20 +232,21 @@ class Session:
 
     async def node(self) -> VerifiedNode:
         """The verified node, verifying first when needed; raises the failing check's error."""
-        fresh = time.monotonic() - self._verified_mono < REVERIFY_AFTER_S
-        if self._node is not None and fresh:
-            return self._node
-        run = await self.verify()
-        if run.node is None:
-            assert run.error is not None
-            raise run.error
-        return run.node
+        async with self._verify_lock:
+            fresh = time.monotonic() - self._verified_mono < REVERIFY_AFTER_S
+            if self._node is not None and fresh:
+                return self._node
+            run = await self.verify()
+            if run.node is None:
+                assert run.error is not None
+                raise run.error
+            return run.node
 
     # -- requests -------------------------------------------------------------------------------
 
     async def stream(
         self, method: str, path: str, payload: Mapping[str, object] | None
-    ) -> AsyncIterator[StreamEvent]:
+    ) -> AsyncGenerator[StreamEvent, None]:
         """Send one encrypted request; yield the inner response's head, then its body pieces.
 
         On a decryption failure or a key the node no longer accepts, the node is verified again
@@ -251,6 +260,11 @@ class Session:
                 async for ev in self._exchange(enc, opener):
                     yield ev
                 return
+            except DecryptError:
+                # Whatever answered cannot be the node verified: verify again before the next
+                # request. Not resent here, since part of an answer may already have been shown.
+                self._node = None
+                raise
             except _StaleKeyError:
                 self._node = None
                 if attempt == 1:
@@ -260,7 +274,7 @@ class Session:
 
     async def _exchange(
         self, enc: bytes, opener: ChunkedResponseOpener
-    ) -> AsyncIterator[StreamEvent]:
+    ) -> AsyncGenerator[StreamEvent, None]:
         decoder = StreamingResponseDecoder()
         started = False
         try:
@@ -331,6 +345,42 @@ class Session:
 
 class _StaleKeyError(Exception):
     pass
+
+
+def _error_message(obj: object) -> str:
+    """The ``message`` of an OpenAI-shaped ``{"error": {...}}`` object, or ``""``."""
+    if isinstance(obj, Mapping):
+        inner = obj.get("error")
+        if isinstance(inner, Mapping) and inner.get("message"):
+            return str(inner["message"])
+        if isinstance(inner, str):
+            return inner
+    return ""
+
+
+def inner_error(status: int, body: bytes) -> OpenPCCError:
+    """The model server's refusal of one request (not a trust failure), as one line and a hint."""
+    try:
+        message = _error_message(json.loads(body))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        message = ""
+    if not message:
+        message = " ".join(body[:300].decode(errors="replace").split()) or "(no details)"
+    if status in (429, 502, 503, 504):
+        hint = "the model server is busy or starting; try again shortly"
+    elif 400 <= status < 500:
+        hint = "check the model name and the request's parameters"
+    else:
+        hint = "the node's logs may say more: `openpcc-appliance logs`"
+    return OpenPCCError(f"the model server answered HTTP {status}: {message}", hint=hint)
+
+
+def event_error(event: Mapping[str, object]) -> OpenPCCError | None:
+    """An error the model server reported in the middle of a stream, if ``event`` is one."""
+    if "error" not in event:
+        return None
+    message = _error_message(event) or "an error event without details"
+    return OpenPCCError(f"the model server reported an error mid-answer: {message}")
 
 
 def delta_text(event: Mapping[str, object]) -> str:

@@ -155,32 +155,47 @@ def load_policy(path: Path | None) -> ClientPolicy:
     """
     if path is None or not path.exists():
         return ClientPolicy(snp=SnpPolicy())
+    hint = f"fix {path}, or remove it to use the built-in floor"
+
+    def bad(message: str) -> ParseError:
+        return ParseError(f"policy {path}: {message}", hint=hint)
+
     try:
-        data: dict[str, Any] = tomllib.loads(path.read_text())
+        data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise bad(f"cannot be read: {e}") from e
     except tomllib.TOMLDecodeError as e:
-        raise ParseError(f"policy {path}: {e}") from e
+        raise bad(f"is not valid TOML: {e}") from e
     if not data:
-        raise ParseError(f"policy {path} is empty: remove it to use the floor, or state a policy")
+        raise ParseError(
+            f"policy {path} is empty: remove it to use the floor, or state a policy", hint=hint
+        )
     unknown = set(data) - _POLICY_SECTIONS
     if unknown:
-        raise ParseError(f"policy {path}: unknown section(s) {sorted(unknown)}")
+        raise bad(f"unknown section(s) {sorted(unknown)}")
+    for name in _POLICY_SECTIONS & set(data):
+        if not isinstance(data[name], dict):
+            raise bad(f"[{name}] must be a table")
     gpu = dict(data.get("gpu", {}))
     min_gpus = gpu.pop("min_gpus", 1)
     if gpu:
-        raise ParseError(f"policy {path}: unknown key(s) in [gpu]: {sorted(gpu)}")
+        raise bad(f"unknown key(s) in [gpu]: {sorted(gpu)}")
     skip = dict(data.get("skip", {}))
     checks = skip.pop("checks", [])
     if skip:
-        raise ParseError(f"policy {path}: unknown key(s) in [skip]: {sorted(skip)}")
+        raise bad(f"unknown key(s) in [skip]: {sorted(skip)}")
     if not isinstance(checks, list) or not all(isinstance(c, str) for c in checks):
-        raise ParseError(f"policy {path}: [skip] checks must be a list of check names")
-    if not isinstance(min_gpus, int) or min_gpus < 0:
-        raise ParseError(f"policy {path}: [gpu] min_gpus must be a non-negative integer")
-    bad = set(checks) - SKIPPABLE_CHECKS
-    if bad:
-        raise ParseError(f"policy {path}: check(s) {sorted(bad)} cannot be skipped")
-    return ClientPolicy(
-        snp=SnpPolicy.from_mapping(data["snp"]) if "snp" in data else SnpPolicy(),
-        min_gpus=min_gpus,
-        skip=frozenset(checks),
-    )
+        raise bad("[skip] checks must be a list of check names")
+    if isinstance(min_gpus, bool) or not isinstance(min_gpus, int) or min_gpus < 0:
+        raise bad("[gpu] min_gpus must be a non-negative integer")
+    unskippable = set(checks) - SKIPPABLE_CHECKS
+    if unskippable:
+        raise bad(
+            f"check(s) {sorted(unskippable)} cannot be skipped "
+            f"(only {sorted(SKIPPABLE_CHECKS)} can)"
+        )
+    try:
+        snp = SnpPolicy.from_mapping(data["snp"]) if "snp" in data else SnpPolicy()
+    except ParseError as e:
+        raise bad(f"[snp] {e}") from e
+    return ClientPolicy(snp=snp, min_gpus=min_gpus, skip=frozenset(checks))

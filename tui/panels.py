@@ -12,7 +12,7 @@ from rich.text import Text
 from textual.widget import Widget
 
 from client_cli.render import SIMULATED_BANNER
-from tui.state import Attestation, DashboardState, Status
+from tui.state import Attestation, DashboardState, Status, sparkline
 
 __all__ = [
     "PANELS",
@@ -111,10 +111,10 @@ def _verdict(a: Attestation, now: float) -> Text:
         t.append("… verifying", style="yellow")
     else:
         t.append("… not verified yet", style="yellow")
-    if a.tee:
-        t.append(f"  {a.tee}")
-        if a.product:
-            t.append(f" ({a.product})", style="dim")
+    if a.tee and a.verdict != "failed":
+        t.append(f" {a.tee}")
+        if a.product and not a.simulated:
+            t.append(f" {a.product}", style="dim")
     return t
 
 
@@ -122,8 +122,10 @@ def render_attestation(state: DashboardState, now: float, width: int) -> Text:
     a = state.attestation
     t = _verdict(a, now)
     if a.simulated:
-        t.append("\n")
-        t.append(SIMULATED_BANNER, style="bold white on red")
+        t.append(" ")
+        t.append(SIMULATED_BANNER if width >= WIDE + 20 else "SIMULATED", style="bold white on red")
+    if a.busy:
+        t.append(" ⟳", style="yellow")
     checks = a.checks
     if width >= WIDE:
         for c in checks:
@@ -144,15 +146,25 @@ def render_attestation(state: DashboardState, now: float, width: int) -> Text:
             for c in checks[i : i + 2]:
                 mark, style = _MARK[c.status]
                 t.append(f"{mark} ", style=style)
-                t.append(f"{c.short:<{col - 2}}"[: col - 2], style=style if c.status != "pass" else "")
+                t.append(
+                    f"{c.short:<{col - 2}}"[: col - 2], style=style if c.status != "pass" else ""
+                )
+    if a.error:
+        t.append("\n" + a.error, style="red")
+        if a.hint:
+            t.append("\nhint: " + a.hint, style="dim")
     if a.tcb:
-        t.append("\nTCB ")
+        t.append("\nTCB")
         for row in a.tcb:
-            label = _TCB_ABBREV.get(row.component, row.component) if width < WIDE else row.component
-            t.append(f"{label} {row.reported}", style="" if row.ok else "bold red")
-            if row.minimum is not None:
-                t.append(f"≥{row.minimum}", style="dim" if row.ok else "bold red")
-            t.append(" ")
+            wide = width >= WIDE
+            label = row.component if wide else _TCB_ABBREV.get(row.component, row.component)
+            t.append(f" {label} {row.reported}", style="" if row.ok else "bold red")
+            if not row.ok:
+                t.append(f"<{row.minimum}", style="bold red")
+            elif wide and row.minimum is not None:
+                t.append(f" (min {row.minimum})", style="dim")
+        if all(row.ok for row in a.tcb) and any(r.minimum is not None for r in a.tcb):
+            t.append(" ✓ policy" if width >= WIDE else " ✓", style="green")
     if a.verified_at is not None:
         t.append(f"\nreport {fmt_age(now - a.verified_at)} old")
         last = state.throughput.last
@@ -163,10 +175,6 @@ def render_attestation(state: DashboardState, now: float, width: int) -> Text:
                 t.append(f" ({fmt_age(last.key_age_s + max(0.0, now - last.at))} old)")
             if state.health is not None and state.health.key_id not in (None, key_id):
                 t.append(" rotated", style="bold yellow")
-    if a.error:
-        t.append("\n" + a.error, style="red")
-        if a.hint:
-            t.append("\nhint: " + a.hint, style="dim")
     return t
 
 
@@ -180,7 +188,7 @@ def render_measurements(state: DashboardState, now: float, width: int) -> Text:
     t.append(_hex(a.expected_measurement, w))
     t.append("\nreported ", style="dim")
     match = a.measurement_match
-    t.append(_hex(a.reported_measurement, w - 8 if match is not None else w))
+    t.append(_hex(a.reported_measurement, w - 9 if match is not None else w))
     if match is True:
         t.append(" ✓ match", style="bold green")
     elif match is False:
@@ -222,8 +230,10 @@ def render_gpus(state: DashboardState, now: float, width: int) -> Text:
         t.append(f"{g.vendor} ")
         t.append(f"CC {g.cc_mode}", style="green" if g.cc_mode == "on" else "bold red")
         t.append(f" {mark}", style=style)
-        sep = "  " if width >= WIDE else "\n  "
-        t.append(f"{sep}driver {g.driver} · vbios {g.vbios}", style="dim")
+        if width >= WIDE:
+            t.append(f"  driver {g.driver} · vbios {g.vbios}", style="dim")
+        else:
+            t.append(f"\ndrv {g.driver} vbios {g.vbios}", style="dim")
     return t
 
 
@@ -231,8 +241,6 @@ def render_throughput(state: DashboardState, now: float, width: int) -> Text:
     tp = state.throughput
     t = Text()
     tin, tout = tp.tokens_rate()
-    from tui.state import sparkline
-
     spark_w = max(4, width - 17)
     t.append("tok/s in  ", style="dim")
     t.append(sparkline(tp.tokens_in_series(), spark_w), style="cyan")
@@ -251,19 +259,19 @@ def render_throughput(state: DashboardState, now: float, width: int) -> Text:
     for label, which in (("TTFT", "ttft"), ("ITL ", "itl")):
         p50, p95 = tp.latency(which)  # type: ignore[arg-type]
         t.append(f"\n{label}      ", style="dim")
-        t.append(f"p50 {fmt_ms(p50):>8}  p95 {fmt_ms(p95):>8}")
+        t.append(f"p50 {fmt_ms(p50):>7}  p95 {fmt_ms(p95):>7}")
     last = tp.last
     t.append("\nstreams   ", style="dim")
     t.append(f"{last.active_streams:.0f}" if last else "—")
     h = state.health
-    t.append("  engine ", style="dim")
+    t.append("\nengine    ", style="dim")
     if h is None or state.connection.up is False:
         t.append("?", style="yellow")
     else:
         style = {"ready": "bold green", "failed": "bold red"}.get(h.engine_state, "bold yellow")
         t.append(h.engine_state, style=style)
-        t.append(f" {h.engine_kind}", style="dim")
-        t.append(f"  restarts {h.restarts}", style="yellow" if h.restarts else "")
+        t.append(f" ({h.engine_kind})", style="dim")
+        t.append(f" restarts {h.restarts}", style="bold yellow" if h.restarts else "")
     return t
 
 
@@ -307,9 +315,9 @@ class Panel(Widget):
         clock: Callable[[], float],
     ) -> None:
         super().__init__(id=key, classes="panel")
-        self.border_title, self._render = PANELS[key]
+        self.border_title, self._renderer = PANELS[key]
         self._state = state
         self._clock = clock
 
     def render(self) -> Text:
-        return self._render(self._state, self._clock(), self.content_size.width or 36)
+        return self._renderer(self._state, self._clock(), self.content_size.width or 36)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import itertools
 import math
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -230,7 +231,7 @@ class Throughput:
 
     def _pairs(self) -> Iterable[tuple[MetricsSample, MetricsSample]]:
         s = list(self.samples)
-        return zip(s, s[1:], strict=False)
+        return itertools.pairwise(s)
 
     def tokens_in_series(self) -> list[float]:
         return [_rate(b.tokens_in, a.tokens_in, b.at - a.at) for a, b in self._pairs()]
@@ -485,6 +486,7 @@ class Attestation:
     error: str = ""
     hint: str = ""
     runs: int = 0
+    busy: bool = False  # a re-verification is under way
 
     def status_of(self, name: str) -> Status:
         for c in self.checks:
@@ -538,7 +540,7 @@ class Attestation:
         tl_map: Mapping[str, object] = tl if isinstance(tl, dict) else {}
         inclusion = tl_map.get("inclusion")
         log_check = next((c for c in checks if c.name == "transparency-log"), None)
-        status_gpu = next((c.status for c in checks if c.name == "gpu"), "not-run")
+        status_gpu: Status = next((c.status for c in checks if c.name == "gpu"), "not-run")
         key_id: int | None = node.key_config.key_id if node is not None else None
         tee = node.tee if node is not None else bundle.get("tee")
         expected = man.get("measurement")

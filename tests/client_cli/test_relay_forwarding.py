@@ -1,4 +1,4 @@
-"""The OHTTP relay: body unchanged, client-identifying headers stripped, none added, no buffering."""
+"""The OHTTP relay: body unchanged, identifying headers stripped, none added, no buffering."""
 
 from __future__ import annotations
 
