@@ -177,7 +177,8 @@ def verify_tdx(
     parsed: dict[str, Any] | None = None
     error: OpenPCCError | None = None
     try:
-        rules = TdxPolicy.from_toml(policy) if policy is not None else None
+        # No policy file still means the floor: a debug TD is never accepted by default.
+        rules = TdxPolicy.from_toml(policy) if policy is not None else TdxPolicy()
         tdx = parse_quote(_read_evidence(quote))
         parsed = tdx.to_dict()
         checks.append(("tdx-parse", True, f"quote v{tdx.version}, {len(tdx.raw)} bytes"))
@@ -186,8 +187,7 @@ def verify_tdx(
             run_quote_checks(tdx, roots=None, now=when, collateral=None, record=record)
         finally:
             checks.extend((name, True, detail) for name, detail in record)
-        if rules is not None:
-            checks.extend((name, True, detail) for name, detail in validate_quote(tdx, rules))
+        checks.extend((name, True, detail) for name, detail in validate_quote(tdx, rules))
     except OSError as exc:
         error = ParseError(f"cannot read {policy}: {exc}")
         checks.append(_failed("tdx-policy-file", error))

@@ -61,14 +61,36 @@ def app() -> typer.Typer:
     return cli
 
 
-def test_cli_signature_chain_ok(app: typer.Typer, vectors: Path) -> None:
+def test_cli_signature_chain_ok(app: typer.Typer, vectors: Path, tmp_path: Path) -> None:
+    # The real quote comes from a debug TD: with a policy that allows debug, everything passes.
+    policy = tmp_path / "debug-ok.toml"
+    policy.write_text("allow_debug = true\n")
     result = CliRunner().invoke(
-        app, ["verify-tdx", str(vectors / "tdx/quote_v4.dat"), "--at", "2024-06-01", "--json"]
+        app,
+        [
+            "verify-tdx",
+            str(vectors / "tdx/quote_v4.dat"),
+            "--at",
+            "2024-06-01",
+            "--json",
+            "--policy",
+            str(policy),
+        ],
     )
     assert result.exit_code == 0, result.output
     doc = json.loads(result.output)
     assert doc["ok"] is True and doc["quote"]["version"] == 4
-    assert [c["name"] for c in doc["checks"]][-1] == "tdx-quote-signature"
+    assert "tdx-quote-signature" in [c["name"] for c in doc["checks"]]
+
+
+def test_cli_without_policy_applies_the_floor(app: typer.Typer, vectors: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["verify-tdx", str(vectors / "tdx/quote_v4.dat"), "--at", "2024-06-01", "--json"]
+    )
+    assert result.exit_code == 5, result.output
+    doc = json.loads(result.output)
+    assert doc["ok"] is False
+    assert "DEBUG" in result.output or "debug" in result.output
 
 
 def test_cli_policy_exit_5(app: typer.Typer, vectors: Path, tmp_path: Path) -> None:
