@@ -122,7 +122,8 @@ class CheckpointStore(Protocol):
 
 ConsistencyFetcher = Callable[[int, int], Sequence[bytes]]
 
-_TOKEN = object()
+_TOKEN = object()  # only run_verification holds it: the argument that mints a VerifiedNode
+_MINTED = object()  # what a minted node carries; passing it back to __init__ is refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,8 +147,16 @@ class VerifiedNode:
     _token: object = field(repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
+        # dataclasses.replace() copies fields into a new __init__ call; swapping the minting
+        # token for another marker means a copy with, say, another key config is refused too.
         if self._token is not _TOKEN:
             raise TypeError("VerifiedNode is only produced by attest.bundle.verify_bundle")
+        object.__setattr__(self, "_token", _MINTED)
+
+    @property
+    def genuine(self) -> bool:
+        """True for a node minted by verification (not a copy, not a hand-made instance)."""
+        return self._token is _MINTED
 
 
 @dataclass(slots=True)
@@ -299,7 +308,7 @@ def run_verification(
         try:
             passed = validate_report(report, policy.snp, product=verified.product)
         except PolicyError as e:
-            raise r.fail("policy", e) from e
+            raise r.fail("policy", PolicyError(e.violations, check="policy", hint=e.hint)) from e
         r.passed("policy", "; ".join(d for _, d in passed) or "floor: debug and migration off")
 
         # 6a. measurement equals the manifest's

@@ -86,8 +86,11 @@ def _fail(
         obj["hint"] = _hint(e)
         print(json.dumps(obj))
     else:
+        message = str(e)
+        if check is not None and not message.startswith(check + ":"):
+            message = f"{check}: {message}"  # the contract's check name, e.g. "policy: vmpl: …"
         # soft_wrap: a long message stays one line, whatever the terminal's width.
-        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
         if _hint(e):
             err.print(f"[dim]hint: {escape(_hint(e))}[/]", highlight=False, soft_wrap=True)
     return typer.Exit(exit_code_for(e))
@@ -351,3 +354,11 @@ def trust(
     else:
         for k, v in info.items():
             out.print(f"{k}: {v}", highlight=False)
+
+
+@app.command()
+def dashboard(url: str | None = typer.Argument(None, help="gateway URL [env OPENPCC_URL]")) -> None:
+    """Live dashboard: verifies the node itself; attestation, measurements, GPUs, throughput."""
+    from tui.app import run_dashboard
+
+    run_dashboard(_url(url))

@@ -27,6 +27,10 @@ MAX_BODY = 4 * 1024 * 1024
 _PASS_BACK = ("content-type", "cache-control", "retry-after")
 
 
+class _TooLargeError(Exception):
+    pass
+
+
 def create_relay_app(
     gateway: str, *, transport: httpx.AsyncBaseTransport | None = None
 ) -> Starlette:
@@ -46,6 +50,8 @@ def create_relay_app(
         req = client.build_request(method, url, headers=headers, content=content)
         try:
             upstream = await client.send(req, stream=True)
+        except _TooLargeError:
+            return PlainTextResponse("too large", status_code=413)
         except httpx.HTTPError:
             return PlainTextResponse("unavailable", status_code=502)
         back = {k: v for k, v in upstream.headers.items() if k.lower() in _PASS_BACK}
@@ -60,13 +66,18 @@ def create_relay_app(
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype not in OHTTP_MEDIA_TYPES:
             return PlainTextResponse("unsupported media type", status_code=415)
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY:
+            return PlainTextResponse("too large", status_code=413)
 
         async def body() -> AsyncIterator[bytes]:
             size = 0
             async for piece in request.stream():
                 size += len(piece)
                 if size > MAX_BODY:
-                    return
+                    # Abort the upstream request: forwarding a cut-off body would pass a
+                    # truncated request off as a whole one.
+                    raise _TooLargeError
                 yield piece
 
         return await relay(request, "POST", {"content-type": ctype}, body())

@@ -59,7 +59,7 @@ def seal_request(
     node: VerifiedNode, method: str, path: str, body: bytes | None
 ) -> tuple[bytes, ChunkedResponseOpener]:
     """Encrypt one inner request to a verified node (and only to one)."""
-    if not isinstance(node, VerifiedNode):
+    if not isinstance(node, VerifiedNode) or not node.genuine:
         raise TypeError("seal_request needs a VerifiedNode from attest.bundle")
     headers: tuple[tuple[str, str], ...] = ()
     if body is not None:

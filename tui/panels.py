@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from rich.text import Text
+from textual.geometry import Size
 from textual.widget import Widget
 
 from client_cli.render import SIMULATED_BANNER
@@ -36,7 +37,7 @@ _MARK: dict[Status, tuple[str, str]] = {
     "not-run": ("·", "dim"),
 }
 _TCB_ABBREV = {"bootloader": "bl", "tee": "tee", "snp": "snp", "microcode": "µc", "fmc": "fmc"}
-WIDE = 60
+WIDE = 56
 
 
 def fmt_age(seconds: float | None) -> str:
@@ -134,7 +135,8 @@ def render_attestation(state: DashboardState, now: float, width: int) -> Text:
             room = max(10, width - 2)
             t.append("\n")
             t.append(f"{mark} ", style=style)
-            t.append(title[:room], style=style if c.status == "fail" else "")
+            title = title if len(title) <= room else title[: room - 1] + "…"
+            t.append(title, style=style if c.status == "fail" else "")
             detail_room = width - 2 - len(title) - 2
             if c.detail and detail_room > 8 and c.status != "not-run":
                 d = c.detail if len(c.detail) <= detail_room else c.detail[: detail_room - 1] + "…"
@@ -289,7 +291,7 @@ def render_host(state: DashboardState, now: float, width: int) -> Text:
         if p.read_bps is not None and p.write_bps is not None:
             io = f"  r {fmt_bytes(p.read_bps, '/s')} w {fmt_bytes(p.write_bps, '/s')}"
             t.append(io if width >= WIDE else "", style="dim")
-        if width >= WIDE:
+        if width >= WIDE + 16:
             t.append(f"  pid {p.pid} {p.name}", style="dim")
     if h.note:
         t.append("\n" + h.note, style="dim")
@@ -318,6 +320,11 @@ class Panel(Widget):
         self.border_title, self._renderer = PANELS[key]
         self._state = state
         self._clock = clock
+
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
+        # Measured at the width the layout offers, so the height never lags a resize.
+        text = self._renderer(self._state, self._clock(), width)
+        return len(text.wrap(self.app.console, max(1, width)))
 
     def render(self) -> Text:
         return self._renderer(self._state, self._clock(), self.content_size.width or 36)

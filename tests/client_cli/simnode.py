@@ -43,10 +43,17 @@ Mutation = Callable[["SimNode", Bundle, bytes | None], Bundle]
 class RecordingTransport(httpx.MockTransport):
     """Serves one simulated node; records every request the client makes."""
 
-    def __init__(self, node: SimNode, mutate: Mutation | None, log: TransparencyLog) -> None:
+    def __init__(
+        self,
+        node: SimNode,
+        mutate: Mutation | None,
+        log: TransparencyLog,
+        ohttp: Callable[[httpx.Request], httpx.Response] | None = None,
+    ) -> None:
         self.node = node
         self.mutate = mutate
         self.log = log
+        self.ohttp = ohttp
         self.requests: list[httpx.Request] = []
         super().__init__(self._handle)
 
@@ -66,6 +73,8 @@ class RecordingTransport(httpx.MockTransport):
             proof = [h.hex() for h in self.log.consistency_proof(a, b)]
             return httpx.Response(200, json={"proof": proof})
         if request.method == "POST" and path == "/v1/ohttp":
+            if self.ohttp is not None:
+                return self.ohttp(request)
             return httpx.Response(503, text="unavailable")
         return httpx.Response(404, text="no route")
 
@@ -125,9 +134,14 @@ class SimNode:
         return FileCheckpointStore(directory, [VerifierKey.parse(self.log.verifier_key)])
 
     def transport(
-        self, mutate: Mutation | None = None, *, log: TransparencyLog | None = None
+        self,
+        mutate: Mutation | None = None,
+        *,
+        log: TransparencyLog | None = None,
+        ohttp: Callable[[httpx.Request], httpx.Response] | None = None,
     ) -> RecordingTransport:
-        return RecordingTransport(self, mutate, log or self.log)
+        """``ohttp`` answers POST /v1/ohttp (default: 503, as a node that is busy)."""
+        return RecordingTransport(self, mutate, log or self.log, ohttp)
 
     def session(
         self,
@@ -184,7 +198,9 @@ class SimNode:
             "certs": gpu.chain_pem().decode(),
         }
 
-    def log_copy(self, name: str, entries: list[bytes], *, fresh_key: bool = False) -> TransparencyLog:
+    def log_copy(
+        self, name: str, entries: list[bytes], *, fresh_key: bool = False
+    ) -> TransparencyLog:
         """A log in its own directory holding ``entries``, signed by this node's log key (a
         fresh key for the node's first log, or with ``fresh_key``: one the client never pinned)."""
         signer_key = None

@@ -138,10 +138,24 @@ class Row:
 
 ROWS = [
     Row("report-parse", "report-parse", _truncated_report, ParseError, 3, "1183 bytes"),
-    Row("report-signature", "report-signature", _flipped_signed_byte, VerificationError, 4, "does not verify"),
+    Row(
+        "report-signature",
+        "report-signature",
+        _flipped_signed_byte,
+        VerificationError,
+        4,
+        "does not verify",
+    ),
     Row("cert-chain", "cert-chain", _other_chain, VerificationError, 4, "trusted ARK"),
-    Row("tcb-consistency", "tcb-consistency", _reported_tcb_above_cert, VerificationError, 4, "REPORTED_TCB"),
-    Row("policy", "policy", _debug_policy, PolicyError, 5, "debug"),
+    Row(
+        "tcb-consistency",
+        "tcb-consistency",
+        _reported_tcb_above_cert,
+        VerificationError,
+        4,
+        "REPORTED_TCB",
+    ),
+    Row("policy", "policy", _debug_policy, PolicyError, 5, "POLICY.DEBUG is 1"),
     Row("measurement", "measurement", _other_measurement, VerificationError, 4, "!= manifest"),
     Row(
         "transparency-log-inclusion",

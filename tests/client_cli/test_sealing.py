@@ -68,11 +68,6 @@ def test_a_verified_node_is_frozen(verified: VerifiedNode) -> None:
         verified.key_config = KeyConfig.parse(KeyRing().current_config.encode())  # type: ignore[misc]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="attest/bundle.py: dataclasses.replace copies the private token, so it mints a "
-    "VerifiedNode carrying any key (reported; not this suite's file to fix)",
-)
 def test_replace_cannot_mint_a_verified_node_with_another_key(verified: VerifiedNode) -> None:
     attacker = KeyRing().current_config
     with pytest.raises(TypeError):

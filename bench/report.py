@@ -1,0 +1,342 @@
+"""Write a run's outputs: a rich table in the terminal, PNG plots and a markdown report."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from bench import stats
+from bench.loadgen import CONFIG_LABELS
+
+__all__ = ["write_all"]
+
+PLOTS = ("latency_cdf.png", "throughput.png", "overhead.png")
+Doc = Mapping[str, Any]
+
+
+def _ms(x: object, digits: int = 2) -> str:
+    if not isinstance(x, int | float) or math.isnan(x):
+        return "–"
+    return f"{x * 1000:.{digits}f}"
+
+
+def _us(x: object) -> str:
+    if not isinstance(x, int | float) or math.isnan(x):
+        return "–"
+    return f"{x * 1e6:,.1f}"
+
+
+def _ratio(x: object) -> str:
+    if not isinstance(x, int | float) or math.isnan(x):
+        return "–"
+    return f"{100 * x:.1f} %"
+
+
+def _num(x: object) -> str:
+    if not isinstance(x, int | float) or math.isnan(x):
+        return "–"
+    return f"{x:,.0f}" if x >= 100 else f"{x:.2f}"
+
+
+def _serving_rows(engine: Doc) -> list[list[str]]:
+    rows: list[list[str]] = []
+    for r in engine["summary"]:
+        cpu = r["cpu_ms_per_token"]
+        cpu_s = " / ".join(
+            f"{_num(cpu.get(k, math.nan) * 1000)}" for k in ("engine", "gateway", "relay", "client")
+        )
+        rows.append(
+            [
+                CONFIG_LABELS[r["config"]],
+                str(r["concurrency"]),
+                _ms(r["ttft_s"]["p50"]),
+                _ms(r["ttft_s"]["p95"]),
+                _ms(r["ttft_s"]["p99"]),
+                _ms(r["tpot_s"]["p50"], 3),
+                _ms(r["e2e_s"]["p50"], 1),
+                _ms(r["e2e_s"]["p95"], 1),
+                _ms(r["e2e_s"]["p99"], 1),
+                _num(r["tokens_per_s"]),
+                _num(r["requests_per_s"]),
+                _ratio(r["ratio_to_direct"]) if r["config"] != "direct" else "(base)",
+                _ms(r["added_ttft_p50_s"], 2) if r["config"] != "direct" else "",
+                cpu_s,
+                str(r["errors"]),
+            ]
+        )
+    return rows
+
+
+SERVING_HEAD = [
+    "configuration",
+    "conc",
+    "TTFT p50 ms",
+    "p95",
+    "p99",
+    "TPOT p50 ms",
+    "E2E p50 ms",
+    "p95",
+    "p99",
+    "out tok/s",
+    "req/s",
+    "tok/s vs direct",
+    "added TTFT p50 ms",
+    "CPU µs/token eng/gw/relay/client",
+    "err",
+]
+
+
+def _micro_rows(doc: Doc) -> list[list[str]]:
+    m = doc.get("micro") or {}
+    rows = [
+        [name, _us(s["p50"]), _us(s["p95"]), _us(s["min"]), str(s["n"])]
+        for name, s in (m.get("summary") or {}).items()
+    ]
+    for name, runs in (m.get("cold") or {}).items():
+        cold = [r["cold_s"] for r in runs]
+        rows.append(
+            [
+                f"{name} (cold: first call in a fresh process)",
+                _us(stats.median(cold)),
+                _us(max(cold)),
+                _us(min(cold)),
+                str(len(cold)),
+            ]
+        )
+    return rows
+
+
+def _startup_rows(doc: Doc) -> list[list[str]]:
+    s = doc.get("startup") or {}
+    rows: list[list[str]] = []
+    keys = {
+        "cold_start": (
+            ("up_s", "`up`: spawn gateway + engine, healthy, operator verification"),
+            ("client_verify_s", "new client: fetch bundle + verify"),
+            ("first_token_after_verify_s", "then: encrypted request to first token"),
+            ("total_s", "`up` start to first verified answer"),
+        ),
+        "ask": (
+            ("ask_to_first_token_s", "`openpcc ask` start to first token"),
+            ("ask_to_verified_s", "`openpcc ask` start to verified (status line)"),
+            ("verify_s", "verification inside `ask` (bundle fetch + checks, cold)"),
+            ("ask_exit_s", "`openpcc ask` start to exit (16 tokens)"),
+        ),
+    }
+    for group, fields in keys.items():
+        runs = s.get(group) or []
+        for key, label in fields:
+            xs = [r[key] for r in runs if key in r]
+            if xs:
+                rows.append([label, _ms(stats.median(xs), 1), _ms(max(xs), 1), str(len(xs))])
+    return rows
+
+
+def _table(title: str, head: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
+    t = Table(title=title, title_justify="left")
+    for i, h in enumerate(head):
+        t.add_column(h, justify="left" if i == 0 else "right", overflow="fold")
+    for r in rows:
+        t.add_row(*r)
+    return t
+
+
+def _md_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def headline(doc: Doc) -> list[list[str]]:
+    """The goals of issues 3, 5, 6 and 11, each with its measured value."""
+    rows: list[list[str]] = []
+    serving = doc.get("serving") or {}
+    fast = serving.get("synthetic-max")
+    if fast:
+        by = {(r["config"], r["concurrency"]): r for r in fast["summary"]}
+        levels = sorted({r["concurrency"] for r in fast["summary"]})
+        for config, ttft_goal in (("gateway", 1e-3), ("full", 2e-3)):
+            r1 = by.get((config, levels[0]))
+            if r1:
+                got = r1["added_ttft_p50_s"]
+                rows.append(
+                    [
+                        f"added TTFT p50, {CONFIG_LABELS[config]}, c={levels[0]}",
+                        f"<= {ttft_goal * 1000:g} ms",
+                        f"{_ms(got)} ms",
+                        _verdict(got <= ttft_goal),
+                    ]
+                )
+            for c in levels:
+                r = by.get((config, c))
+                if r:
+                    got = r["ratio_to_direct"]
+                    rows.append(
+                        [
+                            f"tokens/s vs direct, {CONFIG_LABELS[config]}, c={c}",
+                            ">= 95 %",
+                            _ratio(got),
+                            _verdict(got >= 0.95),
+                        ]
+                    )
+    m = (doc.get("micro") or {}).get("summary") or {}
+    for name, s in m.items():
+        if name.startswith("snp_report_verify"):
+            rows.append(
+                [
+                    "SEV-SNP report + chain verify, warm",
+                    "<= 5 ms",
+                    f"{_ms(s['p50'])} ms",
+                    _verdict(s["p50"] <= 5e-3),
+                ]
+            )
+    cold = ((doc.get("micro") or {}).get("cold") or {}).get("snp_report_verify")
+    if cold:
+        x = stats.median([r["cold_s"] for r in cold])
+        rows.append(["SEV-SNP report + chain verify, cold", "(reported)", f"{_ms(x)} ms", ""])
+    ask = (doc.get("startup") or {}).get("ask") or []
+    if ask:
+        v = stats.median([r["verify_s"] for r in ask])
+        t = stats.median([r["ask_to_first_token_s"] for r in ask])
+        rows.append(
+            [
+                "verification in `openpcc ask` (cold)",
+                "<= 50 ms",
+                f"{_ms(v, 1)} ms of {_ms(t, 0)} ms to first token",
+                _verdict(v <= 0.05),
+            ]
+        )
+    return rows
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "NOT MET"
+
+
+def _machine_line(doc: Doc) -> str:
+    m = doc["machine"]
+    tee = m.get("tee") or "no TEE"
+    gpu = "GPU" if m.get("gpu") else "no GPU"
+    return (
+        f"{m['cpu']}, {m['usable_cpus']} usable CPUs, {m['memory_gib']} GiB, {tee}, {gpu}; "
+        f"{m['os']}; Python {m['python']}; commit {m.get('commit') or '?'}"
+    )
+
+
+def print_terminal(doc: Doc, console: Console) -> None:
+    console.print(f"[bold]machine:[/] {_machine_line(doc)}", highlight=False)
+    for name, engine in (doc.get("serving") or {}).items():
+        console.print(
+            _table(
+                f"serving: {name} — {engine['description']}", SERVING_HEAD, _serving_rows(engine)
+            )
+        )
+    if doc.get("micro"):
+        console.print(
+            _table(
+                "micro (µs per operation)",
+                ["operation", "p50", "p95/max", "min", "n"],
+                _micro_rows(doc),
+            )
+        )
+    if doc.get("startup"):
+        console.print(_table("startup (ms)", ["what", "median", "max", "n"], _startup_rows(doc)))
+    rows = headline(doc)
+    if rows:
+        console.print(_table("goals", ["goal", "target", "measured", ""], rows))
+
+
+def write_markdown(doc: Doc, plots: Sequence[str]) -> str:
+    lines = [
+        "# OpenPCC benchmark report",
+        "",
+        f"Run `{doc['started']}` (`python -m bench {doc['scenario']}`, seed "
+        f"{doc['options']['seed']}), {doc['duration_s']:.0f} s.",
+        "",
+        f"**Machine:** {_machine_line(doc)}.",
+        f"Load average at start {doc['loadavg_start'][0]:.2f}, at end {doc['loadavg_end'][0]:.2f}.",
+        "",
+        "Every overhead is a ratio to *engine direct* measured in the same run, round by round "
+        "(configurations interleaved A/B/C, B/C/A, ...; the ratio is the median over rounds).",
+        "The load generator is one asyncio process on the same host: its CPU competes with the "
+        "gateway, relay and engine for the same cores, and on the encrypted paths it also "
+        "decrypts every chunk. The CPU columns show who spent what, per output token.",
+        "",
+    ]
+    rows = headline(doc)
+    if rows:
+        lines += ["## Goals", "", _md_table(["goal", "target", "measured", ""], rows), ""]
+    for name, engine in (doc.get("serving") or {}).items():
+        lines += [
+            f"## Serving: {engine['description']}",
+            "",
+            f"`{name}`; ShareGPT-like request mix (seeded log-normal prompt and output lengths); "
+            "TTFT = time to the first content token, TPOT = (E2E − TTFT)/(tokens − 1).",
+            "",
+            _md_table(SERVING_HEAD, _serving_rows(engine)),
+            "",
+        ]
+    if doc.get("micro"):
+        lines += [
+            "## Micro (µs per operation)",
+            "",
+            _md_table(["operation", "p50", "p95 (cold: max)", "min", "n"], _micro_rows(doc)),
+            "",
+        ]
+    if doc.get("startup"):
+        lines += [
+            "## Startup (ms)",
+            "",
+            _md_table(["what", "median", "max", "n"], _startup_rows(doc)),
+            "",
+        ]
+    if plots:
+        lines += ["## Plots", ""]
+        lines += [f"![{p}]({p})" for p in plots]
+        lines.append("")
+    notes = list(doc.get("notes") or [])
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    lines += [
+        "Where the gateway spends its time with the unpaced engine, and suggested changes: "
+        "[GATEWAY_PROFILE.md](GATEWAY_PROFILE.md) (py-spy, same machine).",
+        "",
+        "Raw samples: `results.json` in the run's directory under `bench/results/` "
+        "(every request's TTFT, E2E and token count; every micro sample).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_all(
+    doc: Doc,
+    outdir: Path,
+    *,
+    plots: bool,
+    publish: Path | None,
+    log: Callable[[str], None],
+    console: Console | None = None,
+) -> None:
+    made: list[str] = []
+    if plots:
+        try:
+            from bench import plots as plotting
+        except ImportError:
+            log("plots skipped: matplotlib is not installed (pip install matplotlib)")
+        else:
+            made = plotting.write_plots(doc, outdir)
+    text = write_markdown(doc, made)
+    (outdir / "report.md").write_text(text)
+    print_terminal(doc, console or Console(width=200))
+    if publish is not None:
+        publish.mkdir(parents=True, exist_ok=True)
+        (publish / "REPORT.md").write_text(text)
+        for p in made:
+            shutil.copyfile(outdir / p, publish / p)
+    log(f"results: {outdir}")
