@@ -139,6 +139,7 @@ class Serving:
         m = self._metrics
         m.active_streams += 1
         tokens = 0
+        prompt_tokens = 0
         last = t0
         outcome = "ok"
         try:
@@ -154,6 +155,8 @@ class Serving:
                         m.itl.observe((now - last) / n)
                     tokens += n
                     last = now
+                if b'"prompt_tokens"' in piece:  # the usage chunk, when the client asked for it
+                    prompt_tokens = _prompt_tokens(piece) or prompt_tokens
                 yield piece
         except httpx.HTTPError as e:
             outcome = "engine_error"
@@ -168,6 +171,23 @@ class Serving:
         finally:
             m.active_streams -= 1
             await r.aclose()
-            m.add_tokens(0, tokens)
+            m.add_tokens(prompt_tokens, tokens)
             m.request_seconds.observe(time.perf_counter() - t0)
             m.outcome(outcome)
+
+
+def _prompt_tokens(piece: bytes) -> int:
+    for line in piece.split(b"\n"):
+        if line.startswith(b"data: {") and b'"prompt_tokens"' in line:
+            try:
+                usage = json.loads(line[6:]).get("usage") or {}
+                return int(usage.get("prompt_tokens", 0))
+            except (
+                json.JSONDecodeError,
+                UnicodeDecodeError,
+                AttributeError,
+                TypeError,
+                ValueError,
+            ):
+                return 0
+    return 0

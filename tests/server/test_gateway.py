@@ -282,3 +282,21 @@ def test_canary_is_nowhere_on_disk(slow, monkeypatch) -> None:  # type: ignore[n
 
 def _all_files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file()]
+
+
+def test_streamed_usage_counts_prompt_tokens(appliance, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("OPENPCC_CONFIG_DIR", str(appliance.config))
+    from client_cli.session import Session
+    from client_cli.trust import TrustStore, load_policy
+
+    before = appliance.metric("openpcc_tokens_in_total")
+
+    async def go() -> None:
+        store = TrustStore.default()
+        async with Session(appliance.url, trust=store.anchors(), policy=load_policy(None)) as s:
+            payload = _chat("one two three", stream=True, stream_options={"include_usage": True})
+            async for _ in s.stream("POST", "/v1/chat/completions", payload):
+                pass
+
+    asyncio.run(go())
+    assert appliance.metric("openpcc_tokens_in_total") > before
