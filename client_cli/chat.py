@@ -19,12 +19,7 @@ from rich.markup import escape
 from attest.errors import OpenPCCError
 from client_cli.render import print_run, status_line
 from client_cli.session import (
-    MAX_SSE_LINE,
     Session,
-    SseDecoder,
-    delta_text,
-    event_error,
-    inner_error,
 )
 
 __all__ = ["ChatLoop"]
@@ -118,22 +113,6 @@ class ChatLoop:
 
     async def _stream(self, parts: list[str]) -> None:
         payload = {"messages": self.history, "max_tokens": self.max_tokens, "stream": True}
-        sse = SseDecoder()
-        status = 0
-        refused = bytearray()
-        async for ev in self.session.stream("POST", "/v1/chat/completions", payload):
-            if ev.kind == "head" and ev.head is not None:
-                status = ev.head.status
-                continue
-            if status != 200:
-                refused += ev.data[: MAX_SSE_LINE - len(refused)]
-                continue
-            for event in sse.feed(ev.data):
-                problem = event_error(event)
-                if problem is not None:
-                    raise problem
-                piece = delta_text(event)
-                parts.append(piece)
-                self.console.print(piece, end="", markup=False)
-        if status != 200:
-            raise inner_error(status, bytes(refused))
+        async for piece in self.session.stream_text("/v1/chat/completions", payload):
+            parts.append(piece)
+            self.console.print(piece, end="", markup=False)

@@ -22,12 +22,7 @@ from attest.bundle import VerificationRun
 from attest.errors import OpenPCCError, PolicyError, VerificationError, exit_code_for
 from client_cli.render import SIMULATED_BANNER, print_run, status_line
 from client_cli.session import (
-    MAX_SSE_LINE,
     Session,
-    SseDecoder,
-    delta_text,
-    event_error,
-    inner_error,
 )
 from client_cli.trust import TrustStore, load_policy
 from client_cli.verify_gpu_tdx import verify_gpu, verify_tdx
@@ -193,26 +188,10 @@ def ask(
             node = await s.node()
             if not json_out:
                 err.print(status_line(s.last_run, target), soft_wrap=True)
-            sse = SseDecoder()
-            status = 0
-            refused = bytearray()
-            async for ev in s.stream("POST", path, payload):
-                if ev.kind == "head" and ev.head is not None:
-                    status = ev.head.status
-                    continue
-                if status != 200:
-                    refused += ev.data[: MAX_SSE_LINE - len(refused)]
-                    continue
-                for event in sse.feed(ev.data):
-                    problem = event_error(event)
-                    if problem is not None:
-                        raise problem
-                    piece = delta_text(event)
-                    text.append(piece)
-                    if not json_out:
-                        out.print(piece, end="", highlight=False, markup=False)
-            if status != 200:
-                raise inner_error(status, bytes(refused))
+            async for piece in s.stream_text(path, payload):
+                text.append(piece)
+                if not json_out:
+                    out.print(piece, end="", highlight=False, markup=False)
             if json_out:
                 print(
                     json.dumps(

@@ -11,7 +11,7 @@ import asyncio
 import json
 import secrets
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -321,6 +321,26 @@ class Session:
             yield StreamEvent("head", head=head)
         for p in pieces:
             yield StreamEvent("data", data=p)
+
+    async def stream_text(self, path: str, payload: Mapping[str, object]) -> AsyncIterator[str]:
+        """Stream an OpenAI completion's text as it arrives; the node's errors are raised."""
+        sse = SseDecoder()
+        status = 0
+        refused = bytearray()
+        async for ev in self.stream("POST", path, payload):
+            if ev.kind == "head" and ev.head is not None:
+                status = ev.head.status
+                continue
+            if status != 200:
+                refused += ev.data[: MAX_SSE_LINE - len(refused)]
+                continue
+            for event in sse.feed(ev.data):
+                problem = event_error(event)
+                if problem is not None:
+                    raise problem
+                yield delta_text(event)
+        if status != 200:
+            raise inner_error(status, bytes(refused))
 
     async def request_json(
         self, method: str, path: str, payload: Mapping[str, object] | None

@@ -211,10 +211,9 @@ def create_app(state: GatewayState) -> Starlette:
         except DecryptError:
             m.outcome("decrypt_failed")
             return _plain(400, "could not decrypt")
-        if not state.keys.admit(sealer.key_id, sealer.enc):
-            m.outcome("replay")
-            return _plain(400, "could not decrypt")
-        m.decrypted += 1
+        refused = _admit(sealer.key_id, sealer.enc)
+        if refused is not None:
+            return refused
         inner = await _inner(plaintext)
         body = inner.body
         if inner.stream is not None:
@@ -223,6 +222,14 @@ def create_app(state: GatewayState) -> Starlette:
         return Response(
             sealer.seal(encoded), media_type=OHTTP_RES, headers={"cache-control": "no-store"}
         )
+
+    def _admit(key_id: int, enc: bytes) -> Response | None:
+        """Count a decrypted request, or refuse a replay as opaquely as a decryption failure."""
+        if not state.keys.admit(key_id, enc):
+            m.outcome("replay")
+            return _plain(400, "could not decrypt")
+        m.decrypted += 1
+        return None
 
     async def _inner(plaintext: bytes) -> InnerResponse:
         assert state.serving is not None
@@ -258,10 +265,9 @@ def create_app(state: GatewayState) -> Starlette:
         except DecryptError:
             m.outcome("decrypt_failed")
             return _plain(400, "could not decrypt")
-        if not state.keys.admit(opener.key_id, opener.enc):
-            m.outcome("replay")
-            return _plain(400, "could not decrypt")
-        m.decrypted += 1
+        refused = _admit(opener.key_id, opener.enc)
+        if refused is not None:
+            return refused
         sealer = opener.response_sealer()
         inner = await _inner(b"".join(chunks))
 
