@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from appliance import lifecycle
+from appliance.cmd_bench import bench
 from appliance.cmd_dashboard import dashboard
 from appliance.cmd_release import measure, release
 from appliance.doctor import detect_host, run_checks
@@ -34,6 +35,7 @@ app = typer.Typer(
 app.command("measure")(measure)
 app.command("release")(release)
 app.command("dashboard")(dashboard)
+app.command("bench")(bench)
 out = Console()
 err = Console(stderr=True)
 

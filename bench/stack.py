@@ -34,6 +34,7 @@ __all__ = [
     "embedded_available",
     "free_port",
     "running_stack",
+    "stop_orphaned_engine",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -92,7 +93,9 @@ class Stack:
         return out
 
 
-def provision(state: Path, engine: EngineChoice, *, max_concurrent: int) -> tuple[StatePaths, int]:
+def provision(
+    state: Path, engine: EngineChoice, *, max_concurrent: int, fixed_engine_port: bool = True
+) -> tuple[StatePaths, int]:
     """Provision the simulated appliance; returns its paths and the engine's fixed port."""
     paths = StatePaths(state)
     gw_port, engine_port = free_port(), free_port()
@@ -107,7 +110,8 @@ def provision(state: Path, engine: EngineChoice, *, max_concurrent: int) -> tupl
         )
     text = paths.gateway_config.read_text()
     text = text.replace("[gateway]\n", f"[gateway]\nmax_concurrent = {max_concurrent}\n", 1)
-    text = text.replace("[engine]\n", f"[engine]\nport = {engine_port}\n", 1)
+    if fixed_engine_port:
+        text = text.replace("[engine]\n", f"[engine]\nport = {engine_port}\n", 1)
     paths.gateway_config.write_text(text)
     return paths, engine_port
 
@@ -160,15 +164,28 @@ def engine_pid(gateway_pid: int) -> int | None:
     return children[0].pid if children else None
 
 
+def stop_orphaned_engine(pid: int | None) -> None:
+    """The engine this bench's appliance started, if it outlived the gateway's ``down``."""
+    if pid is None:
+        return
+    with contextlib.suppress(psutil.NoSuchProcess):
+        proc = psutil.Process(pid)
+        if proc.ppid() == 1:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
 @contextlib.contextmanager
 def running_stack(
     state: Path, engine: EngineChoice, *, max_concurrent: int = 256, timeout: float = 600.0
 ) -> Iterator[Stack]:
     """Provision, ``up`` (which verifies), start a relay; tear everything down afterwards."""
     paths, engine_port = provision(state, engine, max_concurrent=max_concurrent)
+    eng_pid: int | None = None
     try:
         lifecycle.up(paths, timeout=timeout)
         gw_pid = int(paths.pid.read_text().strip())
+        eng_pid = engine_pid(gw_pid)
         record = lifecycle.gateway_status(paths)
         gateway_url = str(record["gateway_url"])
         relay, relay_url = start_relay(gateway_url)
@@ -181,10 +198,11 @@ def running_stack(
                 trust=lifecycle.trust_anchors(paths),
                 policy=ClientPolicy(snp=SnpPolicy()),
                 gateway_pid=gw_pid,
-                engine_pid=engine_pid(gw_pid),
+                engine_pid=eng_pid,
                 relay=relay,
             )
         finally:
             stop_process(relay)
     finally:
         lifecycle.down(paths)
+        stop_orphaned_engine(eng_pid)

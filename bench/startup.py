@@ -15,7 +15,7 @@ from appliance import lifecycle
 from appliance.state import ApplianceRecord, StatePaths
 from attest.bundle import ClientPolicy
 from attest.sevsnp.validate import SnpPolicy
-from bench.stack import EngineChoice, provision
+from bench.stack import EngineChoice, engine_pid, provision, stop_orphaned_engine
 from client_cli.session import Session, SseDecoder, delta_text
 from client_cli.trust import TrustStore
 
@@ -38,24 +38,33 @@ async def _first_answer(url: str, paths: StatePaths) -> tuple[float, float]:
             "stream": True,
         }
         sse = SseDecoder()
+        first: float | None = None
         async for ev in s.stream("POST", "/v1/chat/completions", payload):
-            if ev.kind == "data" and any(delta_text(e) for e in sse.feed(ev.data)):
-                return t1 - t0, time.perf_counter() - t1
+            if (
+                first is None
+                and ev.kind == "data"
+                and any(delta_text(e) for e in sse.feed(ev.data))
+            ):
+                first = time.perf_counter() - t1
+        if first is not None:
+            return t1 - t0, first
     raise RuntimeError("the appliance answered without a token")
 
 
 def cold_start_runs(state: Path, engine: EngineChoice, n: int) -> list[dict[str, float]]:
     """``n`` times: stopped appliance -> ``up`` (spawn, health, operator verification) ->
     a new client verifies and gets its first token."""
-    paths, _ = provision(state, engine, max_concurrent=64)
+    # No fixed engine port: an engine that outlives its gateway's `down` would block the next `up`.
+    paths, _ = provision(state, engine, max_concurrent=64, fixed_engine_port=False)
     url = f"http://127.0.0.1:{ApplianceRecord.load(paths.record).port}"
     out: list[dict[str, float]] = []
+    engines: list[int | None] = []
     try:
         for _ in range(n):
-            lifecycle.down(paths)
             t0 = time.perf_counter()
             lifecycle.up(paths, timeout=600)
             t_up = time.perf_counter() - t0
+            engines.append(engine_pid(int(paths.pid.read_text().strip())))
             verify_s, first_s = asyncio.run(_first_answer(url, paths))
             out.append(
                 {
@@ -65,8 +74,12 @@ def cold_start_runs(state: Path, engine: EngineChoice, n: int) -> list[dict[str,
                     "total_s": time.perf_counter() - t0,
                 }
             )
+            lifecycle.down(paths)
+            stop_orphaned_engine(engines[-1])
     finally:
         lifecycle.down(paths)
+        for pid in engines:
+            stop_orphaned_engine(pid)
     return out
 
 

@@ -1,7 +1,7 @@
 """Boot a built image in an emulated VM (no TEE): QEMU with TCG, or KVM when it is usable.
 
 This is what ``openpcc-appliance up --vm`` runs on a host without a TEE, and what the boot test
-uses. The VM gets the image's kernel, initrd and measured command line, its four dm-verity disks
+uses. TCG is the default; KVM only when asked (``accel="kvm"``). The VM gets the image's kernel, initrd and measured command line, its four dm-verity disks
 read-only, the provisioning disk, one user-mode NIC that reaches nothing (``restrict=on``) but
 the forwarded gateway port, and a virtio RNG. It is SIMULATED — NOT CONFIDENTIAL: the host can
 read the VM's memory.
@@ -26,6 +26,7 @@ PROVISION_SERIAL = "openpcc-provision"
 
 
 def kvm_usable() -> bool:
+    """Whether /dev/kvm is there for us; the default stays TCG (a nested /dev/kvm can hang)."""
     return os.access("/dev/kvm", os.R_OK | os.W_OK)
 
 
@@ -45,7 +46,7 @@ def vm_command(
     recipe = load_recipe(build_dir / "release.toml")
     if not 1 <= host_port <= 65535:
         raise ParseError(f"port {host_port} is out of range")
-    accel = accel or ("kvm" if kvm_usable() else "tcg")
+    accel = accel or "tcg"
     accel_opt = "tcg,thread=multi" if accel == "tcg" else accel
     cpu = "max" if accel == "tcg" else "host"
     drives: list[str] = []
@@ -131,7 +132,7 @@ def start_vm(
     serial_log = state_dir / "vm-serial.log"
     serial_log.unlink(missing_ok=True)
     pid_file = state_dir / "vm.pid"
-    accel = accel or ("kvm" if kvm_usable() else "tcg")
+    accel = accel or "tcg"
     argv = vm_command(
         build_dir,
         provision_image,

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Literal
 
@@ -38,6 +41,33 @@ EngineState = Literal["stopped", "starting", "ready", "restarting", "failed"]
 # Environment for every engine: vLLM otherwise reports usage statistics (and writes them under
 # ~/.config); nothing about the host's workload should leave the CVM or land on disk.
 _ENGINE_ENV = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _load_prctl() -> Callable[[int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    prctl: Callable[[int, int], int] = libc.prctl
+    return prctl
+
+
+# Resolved once, before any fork: the child between fork and exec must not load libraries.
+_PRCTL = _load_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the engine child: get SIGKILL when the gateway dies, however it dies.
+
+    The engine runs in its own process group (so a restart reaches its workers), which also
+    puts it out of reach of a signal sent to the gateway's group; without this, a gateway that
+    is SIGKILLed leaves an orphaned engine holding the GPU and the port.
+    """
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def free_loopback_port(host: str = "127.0.0.1") -> int:
@@ -193,6 +223,7 @@ class EngineSupervisor:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
                 env={**os.environ, **_ENGINE_ENV},
             )
         finally:
