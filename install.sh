@@ -97,11 +97,12 @@ extras=""
 with_progress "installing openpcc$extras" "$VENV/bin/python" -m pip install --quiet -e "$ROOT$extras"
 
 if [ "$DEV" = 1 ]; then
-  step "OS packages the tests use (ovmf, cryptsetup-bin, qemu-system-x86)"
+  step "OS packages the tests use (ovmf, cryptsetup-bin, qemu-system-x86, squashfs-tools)"
   need=()
   [ -f /usr/share/OVMF/OVMF_CODE.fd ] || need+=(ovmf)
   command -v veritysetup >/dev/null || need+=(cryptsetup-bin)
   command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+  command -v mksquashfs >/dev/null || need+=(squashfs-tools)
   if [ ${#need[@]} -eq 0 ]; then
     ok "all present"
   elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

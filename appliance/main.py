@@ -17,6 +17,7 @@ from rich.text import Text
 from appliance import lifecycle
 from appliance.cmd_bench import bench
 from appliance.cmd_dashboard import dashboard
+from appliance.cmd_image import build_image
 from appliance.cmd_release import measure, release
 from appliance.doctor import detect_host, run_checks
 from appliance.state import StatePaths
@@ -36,6 +37,7 @@ app.command("measure")(measure)
 app.command("release")(release)
 app.command("dashboard")(dashboard)
 app.command("bench")(bench)
+app.command("build-image")(build_image)
 out = Console()
 err = Console(stderr=True)
 

@@ -270,12 +270,7 @@ def _normalize(root: Path, epoch: int) -> None:
         st = os.lstat(p)
         if not stat.S_ISLNK(st.st_mode):
             mode = stat.S_IMODE(st.st_mode) & ~(stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX)
-            if stat.S_ISDIR(st.st_mode):
-                mode = 0o755
-            elif mode & 0o111:
-                mode = 0o755
-            else:
-                mode = 0o644
+            mode = 0o755 if stat.S_ISDIR(st.st_mode) or mode & 0o111 else 0o644
             os.chmod(p, mode)
         os.utime(p, (epoch, epoch), follow_symlinks=False)
 
@@ -311,7 +306,9 @@ def _squashfs(tree: Path, image: Path, epoch: int) -> None:
 
 def _gateway_toml(image: ImageRecipe, release: Recipe) -> str:
     attestation = "simulated" if release.simulated else "configfs"
-    gpu = "simulated" if release.simulated else ("nvidia" if image.engine_kind == "vllm" else "none")
+    gpu = (
+        "simulated" if release.simulated else ("nvidia" if image.engine_kind == "vllm" else "none")
+    )
     args = ", ".join(json.dumps(a) for a in image.engine_args)
     return (
         "# Sealed in the measured root: the engine and where evidence comes from.\n"
@@ -337,6 +334,7 @@ def _build_root(inp: _Inputs, work: Path, deb_files: dict[str, Path], epoch: int
     _merge_usr(root)
     for rel in _PRUNE:
         shutil.rmtree(root / rel, ignore_errors=True)
+    (root / "sbin").unlink()  # its target, /usr/sbin, was pruned
     bindir = root / "usr" / "bin"
     for p in bindir.iterdir():
         if p.name != PYTHON:
@@ -385,11 +383,15 @@ def _compile(root: Path, epoch: int) -> None:
             str(libdir),
             str(root / "usr/bin" / PYTHON),
             "-s",
+            "-B",  # else the modules compileall imports get timestamp pycs naming the work dir
             "-m",
             "compileall",
+            "-f",
             "-q",
+            # One process: marshal's output depends on what the compiling process interned
+            # before (reference flags), so parallel workers give run-dependent byte code.
             "-j",
-            "0",
+            "1",
             "--invalidation-mode",
             "unchecked-hash",
             "-s",
@@ -456,7 +458,7 @@ def _build_initrd(inp: _Inputs, work: Path, deb_files: dict[str, Path], out: Pat
             if p.is_symlink():
                 (libs / p.name).symlink_to(os.readlink(p))
             else:
-                shutil.copyfile(p, libs / p.name)
+                shutil.copy(p, libs / p.name)  # keeps the mode: the loader must be executable
     (tree / "lib").symlink_to("usr/lib")
     (tree / "lib64").symlink_to("usr/lib/x86_64-linux-gnu")
     mods = tree / "usr/lib/modules"
@@ -475,14 +477,15 @@ def _build_initrd(inp: _Inputs, work: Path, deb_files: dict[str, Path], out: Pat
     return version
 
 
-def _release_toml(release: Recipe, out: Path, kernel: str, initrd: str, root_hash: str,
-                  weights_hash: str) -> str:
+def _release_toml(
+    release: Recipe, out: Path, kernel: str, initrd: str, root_hash: str, weights_hash: str
+) -> str:
     r = release
 
     def strs(xs: Iterable[str]) -> str:
         return "[" + ", ".join(json.dumps(x) for x in xs) + "]"
 
-    firmware = f'path = {json.dumps(str(r.firmware.path))}\n' if r.firmware.path else ""
+    firmware = f"path = {json.dumps(str(r.firmware.path))}\n" if r.firmware.path else ""
     return (
         f"# Release recipe written by `openpcc-appliance build-image`; digests are this build's.\n"
         f'format = "openpcc-recipe/1"\nname = {json.dumps(r.name)}\n'
@@ -536,8 +539,9 @@ def build_image(
     out.mkdir(parents=True)
     try:
         progress("downloading Debian packages")
-        deb_files = debs.download([*inp.root_debs, *inp.kernel_debs, *inp.initrd_debs],
-                                  cache / "debs")
+        deb_files = debs.download(
+            [*inp.root_debs, *inp.kernel_debs, *inp.initrd_debs], cache / "debs"
+        )
         progress("assembling the root filesystem")
         root = _build_root(inp, work, deb_files, epoch)
         _squashfs(root, out / "root.img", epoch)
@@ -577,15 +581,19 @@ def build_image(
             "root_hash": root_v.root_hash.hex(),
             "weights_root_hash": weights_v.root_hash.hex(),
             "measurement": manifest["measurement"],
-            "outputs": {n: {"sha256": _sha256_file(out / n), "size": (out / n).stat().st_size}
-                        for n in OUTPUTS},
+            "outputs": {
+                n: {"sha256": _sha256_file(out / n), "size": (out / n).stat().st_size}
+                for n in OUTPUTS
+            },
             "debian": {
                 "root": [d.as_json() for d in inp.root_debs],
                 "kernel": [d.as_json() for d in inp.kernel_debs],
                 "initramfs": [d.as_json() for d in inp.initrd_debs],
             },
             "python": {
-                "interpreter": next(d.version for d in inp.root_debs if d.name == "python3.11-minimal"),
+                "interpreter": next(
+                    d.version for d in inp.root_debs if d.name == "python3.11-minimal"
+                ),
                 "distributions": [f"{d.metadata['Name']}=={d.version}" for d in inp.dists],
             },
         }

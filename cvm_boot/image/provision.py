@@ -34,6 +34,7 @@ class Provisioned:
     """PEM: the simulated SNP and GPU roots a client must trust explicitly."""
     log_vkey: str
     log_index: int
+    manifest: Path
 
 
 def provision_simulated(build_dir: Path, into: Path, *, epoch: int = 0) -> Provisioned:
@@ -44,8 +45,10 @@ def provision_simulated(build_dir: Path, into: Path, *, epoch: int = 0) -> Provi
     state = into / "state"
     (state / "sim").mkdir(parents=True, exist_ok=True, mode=0o700)
     snp_dir, gpu_dir = state / "sim/snp", state / "sim/gpu"
-    snp = SimulatedSnpSigner.load(snp_dir) if snp_dir.exists() else SimulatedSnpSigner.generate(
-        snp_dir
+    snp = (
+        SimulatedSnpSigner.load(snp_dir)
+        if snp_dir.exists()
+        else SimulatedSnpSigner.generate(snp_dir)
     )
     gpu = SimulatedGpu.load(gpu_dir) if gpu_dir.exists() else SimulatedGpu.generate(gpu_dir)
     trust = into / "sim-trust.pem"
@@ -65,4 +68,6 @@ def provision_simulated(build_dir: Path, into: Path, *, epoch: int = 0) -> Provi
     _normalize(tree, epoch)
     _squashfs(tree, into / "provision.img", epoch)
     shutil.rmtree(tree)
-    return Provisioned(into / "provision.img", trust, log.verifier_key, index)
+    return Provisioned(
+        into / "provision.img", trust, log.verifier_key, index, state / "manifest.json"
+    )

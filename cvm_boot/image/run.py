@@ -1,9 +1,10 @@
 """Boot a built image in an emulated VM (no TEE): QEMU with TCG, or KVM when it is usable.
 
 This is what ``openpcc-appliance up --vm`` runs on a host without a TEE, and what the boot test
-uses. TCG is the default; KVM only when asked (``accel="kvm"``). The VM gets the image's kernel, initrd and measured command line, its four dm-verity disks
-read-only, the provisioning disk, one user-mode NIC that reaches nothing (``restrict=on``) but
-the forwarded gateway port, and a virtio RNG. It is SIMULATED — NOT CONFIDENTIAL: the host can
+uses. TCG is the default; KVM only when asked (``accel="kvm"``). The VM gets the image's kernel,
+initrd and measured command line, its four dm-verity disks read-only, the provisioning disk, one
+user-mode NIC that reaches nothing (``restrict=on``) but the forwarded gateway port, and a virtio
+RNG. It is SIMULATED — NOT CONFIDENTIAL: the host can
 read the VM's memory.
 """
 

@@ -1,0 +1,53 @@
+"""``openpcc-appliance build-image``: build the sealed image an image recipe describes."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from attest.errors import OpenPCCError
+from cvm_boot.image.build import OUTPUTS
+from cvm_boot.image.build import build_image as _build
+from cvm_boot.image.spec import load_image_recipe
+
+__all__ = ["build_image"]
+
+
+def build_image(
+    recipe: Path = typer.Argument(
+        ..., help="image recipe (openpcc-image/1), e.g. cvm_boot/image/recipes/cpu.toml"
+    ),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="copy the image here (it is always kept in the cache)"
+    ),
+    cache: Path | None = typer.Option(
+        None, "--cache", help="cache directory (default ~/.cache/openpcc)"
+    ),
+    rebuild: bool = typer.Option(False, "--rebuild", help="build even when the cache has it"),
+) -> None:
+    """Build kernel, initramfs and dm-verity root from Debian packages; print the root hash."""
+    console = Console(stderr=True)
+    try:
+        result = _build(
+            load_image_recipe(recipe),
+            cache=cache,
+            rebuild=rebuild,
+            progress=lambda m: console.print(f"[dim]{m}[/dim]"),
+        )
+    except (OpenPCCError, OSError) as e:
+        console.print(f"[red]build-image failed:[/red] {e}")
+        raise typer.Exit(1) from e
+    where = result.directory
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
+        for name in (*OUTPUTS, "build.json"):
+            shutil.copyfile(result.directory / name, output / name)
+        where = output
+    state = "from the cache" if result.cached else f"built in {result.seconds:.0f}s"
+    console.print(f"image {where} ({state}, key {result.key})")
+    typer.echo(f"root_hash {result.root_hash.hex()}")
+    typer.echo(f"weights_root_hash {result.weights_root_hash.hex()}")
+    typer.echo(f"manifest {where / 'manifest.json'}")
