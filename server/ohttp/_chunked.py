@@ -13,6 +13,7 @@ that a final chunk dribbled one byte at a time costs linear, not quadratic, work
 
 from __future__ import annotations
 
+import abc
 import copy
 import os
 from collections.abc import Mapping
@@ -53,7 +54,7 @@ DEFAULT_MAX_CHUNK = 1 << 20
 _EAGER_FINAL_TRY = 16 * 1024
 
 
-class _ChunkedOpener:
+class _ChunkedOpener(abc.ABC):
     """The incremental chunk reader both openers share."""
 
     def __init__(self, max_chunk_size: int) -> None:
@@ -155,16 +156,17 @@ class _ChunkedOpener:
                         out.append(final)
         return out
 
+    @abc.abstractmethod
     def _open_prefix(self, buf: bytearray) -> int | None:
         """Consume what precedes the chunks: bytes used, or None to wait for more."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _open_chunk(self, sealed: bytes) -> bytes:
-        raise NotImplementedError
+        """One non-final chunk's plaintext (DecryptError when it does not open)."""
 
+    @abc.abstractmethod
     def _try_final(self, sealed: bytes) -> bytes | None:
         """The final chunk's plaintext, or None when ``sealed`` does not open as it."""
-        raise NotImplementedError
 
 
 class ChunkedResponseSealer:
