@@ -8,6 +8,7 @@ for the gateway and full paths).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -21,6 +22,7 @@ from attest.errors import OpenPCCError
 from bench.stack import Stack
 from bench.workload import WorkItem
 from client_cli.session import Session, SseDecoder, delta_text
+from server.engine_http import EngineHttp, EngineHttpError
 
 __all__ = ["CONFIGS", "CellResult", "Sample", "run_cell"]
 
@@ -96,13 +98,23 @@ class CellResult:
 Streamer = Callable[[WorkItem], AsyncIterator[bytes]]
 
 
-def _direct(client: httpx.AsyncClient, url: str) -> Streamer:
+def _direct(client: EngineHttp) -> Streamer:
+    """The engine's own API, through the same HTTP/1.1 client the sealed path uses.
+
+    The OpenPCC client sends its encrypted requests to a plain-HTTP node through
+    ``server.engine_http``; the baseline uses it too, so a ratio measures the path's cost and
+    not a difference between HTTP client libraries.
+    """
+
     async def stream(item: WorkItem) -> AsyncIterator[bytes]:
-        async with client.stream("POST", url + CHAT, json=item.payload()) as r:
-            if r.status_code != 200:
-                raise _Failed(f"HTTP {r.status_code}")
-            async for piece in r.aiter_raw():
+        r = await client.request("POST", CHAT, json.dumps(item.payload()).encode())
+        try:
+            if r.status != 200:
+                raise _Failed(f"HTTP {r.status}")
+            async for piece in r.iter_batches():
                 yield piece
+        finally:
+            r.close()
 
     return stream
 
@@ -137,7 +149,7 @@ async def _one(stream: Streamer, item: WorkItem, sample: Sample, t_cell: float) 
                         sample.ttft = time.perf_counter() - t0
                     sample.tokens += 1
         sample.e2e = time.perf_counter() - t0
-    except (OpenPCCError, httpx.HTTPError, _Failed) as e:
+    except (OpenPCCError, httpx.HTTPError, EngineHttpError, _Failed) as e:
         sample.error = f"{type(e).__name__}: {e}"[:200]
 
 
@@ -176,34 +188,22 @@ class Clients:
 
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
-        limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
-        self.http = httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits)
-        # httpx's default pool (100 connections) would queue streams; the bench goes to 64+.
-        self.gateway = Session(
-            stack.gateway_url,
-            trust=stack.trust,
-            policy=stack.policy,
-            transport=httpx.AsyncHTTPTransport(limits=limits),
-        )
-        self.full = Session(
-            stack.relay_url,
-            trust=stack.trust,
-            policy=stack.policy,
-            transport=httpx.AsyncHTTPTransport(limits=limits),
-        )
+        self.http = EngineHttp.for_url(stack.engine_url)
+        self.gateway = Session(stack.gateway_url, trust=stack.trust, policy=stack.policy)
+        self.full = Session(stack.relay_url, trust=stack.trust, policy=stack.policy)
 
     async def open(self) -> None:
         await self.gateway.node()
         await self.full.node()
 
     async def aclose(self) -> None:
-        await self.http.aclose()
+        self.http.close()
         await self.gateway.aclose()
         await self.full.aclose()
 
     def streamer(self, config: str) -> Streamer:
         if config == "direct":
-            return _direct(self.http, self.stack.engine_url)
+            return _direct(self.http)
         return _sealed(self.gateway if config == "gateway" else self.full)
 
 

@@ -8,7 +8,9 @@ relay for everything. Chunked responses stream through without buffering.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import importlib.util
 from collections.abc import AsyncIterator
 
 import httpx
@@ -18,6 +20,10 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from attest.errors import ParseError
+from server.engine_http import EngineHttp, EngineHttpError, EngineResponse
 
 __all__ = ["OHTTP_MEDIA_TYPES", "create_relay_app", "run_relay"]
 
@@ -31,71 +37,169 @@ class _TooLargeError(Exception):
     pass
 
 
-def create_relay_app(
-    gateway: str, *, transport: httpx.AsyncBaseTransport | None = None
-) -> Starlette:
+class _GoneError(Exception):
+    pass
+
+
+def create_relay_app(gateway: str, *, transport: httpx.AsyncBaseTransport | None = None) -> ASGIApp:
+    """The relay's ASGI app. ``transport`` replaces the network for the public GETs (tests)."""
     gateway = gateway.rstrip("/")
+    scheme, _, rest = gateway.partition("://")
+    origin, slash, tail = rest.partition("/")
+    prefix = slash + tail  # a gateway behind a path prefix: https://host/openpcc
+    try:
+        upstream = EngineHttp.for_url(f"{scheme}://{origin}", connect_timeout=10.0)
+    except ValueError as e:
+        raise ParseError(f"--gateway: {e}", hint="e.g. --gateway http://127.0.0.1:8480") from None
     client = httpx.AsyncClient(
         timeout=httpx.Timeout(600.0, connect=10.0),
         transport=transport,
         headers={"user-agent": "openpcc-relay"},
     )
 
-    async def relay(
-        request: Request, method: str, headers: dict[str, str], content: AsyncIterator[bytes] | None
-    ) -> Response:
+    async def get_public(request: Request) -> Response:
         url = gateway + request.url.path
         if request.url.query:
             url += "?" + request.url.query
-        req = client.build_request(method, url, headers=headers, content=content)
         try:
-            upstream = await client.send(req, stream=True)
-        except _TooLargeError:
-            return PlainTextResponse("too large", status_code=413)
+            upstream_r = await client.send(client.build_request("GET", url), stream=True)
         except httpx.HTTPError:
             return PlainTextResponse("unavailable", status_code=502)
-        back = {k: v for k, v in upstream.headers.items() if k.lower() in _PASS_BACK}
+        back = {k: v for k, v in upstream_r.headers.items() if k.lower() in _PASS_BACK}
         return StreamingResponse(
-            upstream.aiter_raw(),
-            status_code=upstream.status_code,
+            upstream_r.aiter_raw(),
+            status_code=upstream_r.status_code,
             headers=back,
-            background=BackgroundTask(upstream.aclose),
+            background=BackgroundTask(upstream_r.aclose),
         )
 
-    async def post_ohttp(request: Request) -> Response:
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype not in OHTTP_MEDIA_TYPES:
-            return PlainTextResponse("unsupported media type", status_code=415)
-        declared = request.headers.get("content-length", "")
+    async def post_ohttp(scope: Scope, receive: Receive, send: Send) -> None:
+        """The hot path, in raw ASGI: bytes in, bytes out, as they come."""
+        if scope["method"] != "POST":
+            await _plain(send, 405, "method not allowed")
+            return
+        ctype = b""
+        declared = b""
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                ctype = value.split(b";")[0].strip().lower()
+            elif name == b"content-length":
+                declared = value
+        if ctype.decode("latin-1") not in OHTTP_MEDIA_TYPES:
+            await _plain(send, 415, "unsupported media type")
+            return
         if declared.isdigit() and int(declared) > MAX_BODY:
-            return PlainTextResponse("too large", status_code=413)
+            await _plain(send, 413, "too large")
+            return
 
         async def body() -> AsyncIterator[bytes]:
             size = 0
-            async for piece in request.stream():
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise _GoneError
+                piece = message.get("body", b"")
                 size += len(piece)
                 if size > MAX_BODY:
                     # Abort the upstream request: forwarding a cut-off body would pass a
                     # truncated request off as a whole one.
                     raise _TooLargeError
-                yield piece
+                if piece:
+                    yield piece
+                if not message.get("more_body", False):
+                    return
 
-        return await relay(request, "POST", {"content-type": ctype}, body())
+        # Only the media type (and the length, when the client declared it) goes upstream.
+        headers = [(b"content-type", ctype)]
+        if declared.isdigit():
+            headers.append((b"content-length", declared))
+        path = prefix + scope["path"]
+        if scope["query_string"]:
+            path += "?" + scope["query_string"].decode("latin-1")
+        try:
+            resp = await upstream.request("POST", path, body(), headers=headers)
+        except _TooLargeError:
+            await _plain(send, 413, "too large")
+            return
+        except _GoneError:
+            return
+        except EngineHttpError:
+            await _plain(send, 502, "unavailable")
+            return
+        back = [
+            (k.encode("latin-1"), v.encode("latin-1"))
+            for k, v in resp.headers.items()
+            if k in _PASS_BACK
+        ]
+        await _forward(receive, send, resp, back)
 
-    async def get_public(request: Request) -> Response:
-        return await relay(request, "GET", {}, None)
-
-    routes = [Route("/v1/ohttp", post_ohttp, methods=["POST"])]
-    routes += [Route(p, get_public, methods=["GET"]) for p in PUBLIC_GETS]
+    routes = [Route(p, get_public, methods=["GET"]) for p in PUBLIC_GETS]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
             yield
         finally:
+            upstream.close()
             await client.aclose()
 
-    return Starlette(routes=routes, lifespan=lifespan)
+    framework = Starlette(routes=routes, lifespan=lifespan)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/v1/ohttp":
+            await post_ohttp(scope, receive, send)
+        else:
+            await framework(scope, receive, send)
+
+    return app
+
+
+async def _forward(
+    receive: Receive, send: Send, resp: EngineResponse, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """Stream the gateway's answer through; a client that goes away closes the upstream too."""
+    me = asyncio.current_task()
+    assert me is not None
+    gone = False
+    finishing = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if not finishing:
+            gone = True
+            me.cancel()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+        async for piece in resp.iter_batches():
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        finishing = True
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        me.uncancel()
+    except EngineHttpError:
+        # The gateway went away mid-answer: end the stream without its final chunk, which
+        # the client's opener reports as truncation (never as an answer).
+        finishing = True
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        watcher.cancel()
+        resp.close()
+
+
+async def _plain(send: Send, status: int, text: str) -> None:
+    body = text.encode()
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 def run_relay(gateway: str, host: str, port: int) -> None:
@@ -106,6 +210,9 @@ def run_relay(gateway: str, host: str, port: int) -> None:
         port=port,
         access_log=False,
         log_level="warning",
+        # The C HTTP parser and event loop, as the gateway uses (docs/bench).
+        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         server_header=False,
         date_header=False,
     )

@@ -8,10 +8,12 @@ cached per node and key id, and redone on key rotation, on any decryption failur
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+import urllib.request
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -28,6 +30,7 @@ from attest.bundle import (
 from attest.errors import DecryptError, OpenPCCError, ParseError, TransportError
 from client_cli.trust import FileCheckpointStore
 from server.bhttp_stream import ResponseHead, StreamingResponseDecoder
+from server.engine_http import EngineHttp, EngineHttpError
 from server.ohttp import BhttpRequest, ChunkedRequestSealer, ChunkedResponseOpener, encode_request
 
 __all__ = [
@@ -129,6 +132,12 @@ class Session:
             transport=transport,
             follow_redirects=False,
         )
+        # Encrypted requests to a plain-HTTP node (the local appliance, a relay on loopback) go
+        # through the same small HTTP/1.1 client the gateway uses for its engine: one write per
+        # request and one read per burst of answer. TLS, proxies and test transports stay httpx.
+        self._fast, self._prefix = (
+            (None, "") if transport is not None else _fast_path(self.url, timeout)
+        )
         self.last_run: VerificationRun | None = None
         self.verify_seconds = 0.0
         self._node: VerifiedNode | None = None
@@ -137,6 +146,8 @@ class Session:
         self._verify_lock = asyncio.Lock()
 
     async def aclose(self) -> None:
+        if self._fast is not None:
+            self._fast.close()
         await self._http.aclose()
 
     async def __aenter__(self) -> Session:
@@ -272,31 +283,49 @@ class Session:
                         "the node refused the request twice after re-verification"
                     ) from None
 
+    @contextlib.asynccontextmanager
+    async def _post_ohttp(
+        self, enc: bytes
+    ) -> AsyncIterator[tuple[int, AsyncIterator[bytes], Callable[[], Awaitable[bytes]]]]:
+        """POST the encapsulated request; yields the outer status, the body as it arrives, and
+        a way to read the (short) body of a refusal whole."""
+        if self._fast is not None:
+            resp = await self._fast.request(
+                "POST", self._prefix + "/v1/ohttp", enc, headers=_OHTTP_HEADERS
+            )
+            try:
+                yield resp.status, resp.iter_batches(), resp.read
+            finally:
+                resp.close()
+            return
+        async with self._http.stream(
+            "POST",
+            self.url + "/v1/ohttp",
+            content=enc,
+            headers={"content-type": CHUNKED_REQ, "accept": "message/ohttp-chunked-res"},
+        ) as r:
+            yield r.status_code, r.aiter_raw(), r.aread
+
     async def _exchange(
         self, enc: bytes, opener: ChunkedResponseOpener
     ) -> AsyncGenerator[StreamEvent, None]:
         decoder = StreamingResponseDecoder()
         started = False
         try:
-            async with self._http.stream(
-                "POST",
-                self.url + "/v1/ohttp",
-                content=enc,
-                headers={"content-type": CHUNKED_REQ, "accept": "message/ohttp-chunked-res"},
-            ) as r:
-                if r.status_code == 400:
-                    text = (await r.aread())[:512]
+            async with self._post_ohttp(enc) as (status, body, read):
+                if status == 400:
+                    text = (await read())[:512]
                     if b"ohttp-key" in text or b"could not decrypt" in text:
                         raise _StaleKeyError
                     raise TransportError("the node refused the request: bad request")
-                if r.status_code == 413:
+                if status == 413:
                     raise TransportError("the request is too large for the node")
-                if r.status_code != 200:
+                if status != 200:
                     raise TransportError(
-                        f"the node answered HTTP {r.status_code} (busy or unavailable)",
+                        f"the node answered HTTP {status} (busy or unavailable)",
                         hint="try again shortly",
                     )
-                async for piece in r.aiter_raw():
+                async for piece in body:
                     for plain in opener.feed(piece):
                         head, pieces = decoder.feed(plain)
                         if head is not None:
@@ -304,7 +333,7 @@ class Session:
                             yield StreamEvent("head", head=head)
                         for p in pieces:
                             yield StreamEvent("data", data=p)
-        except httpx.HTTPError as e:
+        except (httpx.HTTPError, EngineHttpError) as e:
             raise TransportError(
                 f"connection to {self.url} failed mid-answer: {type(e).__name__}"
             ) from e
@@ -361,6 +390,28 @@ class Session:
         if not isinstance(data, dict):
             raise ParseError("the node's answer is not a JSON object")
         return status, data
+
+
+_OHTTP_HEADERS = (
+    (b"content-type", CHUNKED_REQ.encode()),
+    (b"accept", b"message/ohttp-chunked-res"),
+)
+
+
+def _fast_path(url: str, timeout: float) -> tuple[EngineHttp | None, str]:
+    """The small client for ``http://host[:port][/prefix]`` with no proxy in the way, else None."""
+    scheme, _, rest = url.partition("://")
+    origin, slash, tail = rest.partition("/")
+    if scheme != "http" or not origin:
+        return None, ""
+    host = origin.rsplit(":", 1)[0].strip("[]") if not origin.endswith("]") else origin[1:-1]
+    if urllib.request.getproxies().get("http") and not urllib.request.proxy_bypass(host):
+        return None, ""
+    try:
+        fast = EngineHttp.for_url(f"http://{origin}", connect_timeout=10.0, read_timeout=timeout)
+        return fast, slash + tail
+    except ValueError:
+        return None, ""
 
 
 class _StaleKeyError(Exception):

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from attest.errors import DecryptError, OpenPCCError, ParseError
 from server.attestation import BundleBuilder
@@ -29,6 +31,7 @@ from server.metrics import Metrics
 from server.ohttp import (
     BhttpResponse,
     ChunkedRequestOpener,
+    ChunkedResponseSealer,
     decapsulate_request,
     decode_request,
     encode_key_configs,
@@ -42,6 +45,9 @@ OHTTP_REQ = "message/ohttp-req"
 OHTTP_RES = "message/ohttp-res"
 CHUNKED_REQ = "message/ohttp-chunked-req"
 CHUNKED_RES = "message/ohttp-chunked-res"
+OHTTP_REQ_B, OHTTP_RES_B = OHTTP_REQ.encode(), OHTTP_RES.encode()
+CHUNKED_REQ_B = CHUNKED_REQ.encode()
+_CHUNKED_HEADERS = [(b"content-type", CHUNKED_RES.encode()), (b"cache-control", b"no-store")]
 KEYS_TYPE = "application/ohttp-keys"
 _KEY_PROBLEM = {
     "type": "https://iana.org/assignments/http-problem-types#ohttp-key",
@@ -80,7 +86,7 @@ def _plain(status: int, text: str) -> Response:
     return PlainTextResponse(text, status_code=status, headers={"cache-control": "no-store"})
 
 
-def create_app(state: GatewayState) -> Starlette:
+def create_app(state: GatewayState) -> ASGIApp:
     cfg = state.config
     m = state.metrics
 
@@ -144,92 +150,89 @@ def create_app(state: GatewayState) -> Starlette:
         text = m.render(gauges, lambda: {"tee": state.bundles.tee})
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
-    async def read_body(request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > cfg.max_body_bytes:
-            raise _TooLarge
-        buf = bytearray()
-        async with asyncio.timeout(cfg.body_read_timeout_s):
-            async for piece in request.stream():
-                buf += piece
-                if len(buf) > cfg.max_body_bytes:
-                    raise _TooLarge
-        return bytes(buf)
-
-    async def ohttp(request: Request) -> Response:
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype not in (OHTTP_REQ, CHUNKED_REQ):
+    async def ohttp(scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST /v1/ohttp``, in raw ASGI: the hot path, one framework layer less per send."""
+        if scope["method"] != "POST":
+            await _send_plain(send, 405, "method not allowed", ((b"allow", b"POST"),))
+            return
+        ctype = b""
+        declared: bytes | None = None
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                ctype = value.split(b";")[0].strip().lower()
+            elif name == b"content-length":
+                declared = value
+        if ctype not in (OHTTP_REQ_B, CHUNKED_REQ_B):
             m.outcome("bad_request")
-            return _plain(400, "bad request: unsupported media type")
+            await _send_plain(send, 400, "bad request: unsupported media type")
+            return
         assert state.serving is not None
         if state.in_flight >= cfg.max_concurrent:
             m.outcome("busy")
-            return _plain(503, "busy")
-        # A slot is held until the last byte of the answer is sent, not until the handler
-        # returns: a streamed answer keeps the engine busy long after that.
+            await _send_plain(send, 503, "busy")
+            return
+        # A slot is held until the last byte of the answer is sent: a streamed answer keeps the
+        # engine busy long after the request was read.
         state.in_flight += 1
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                state.in_flight -= 1
-
         try:
-            if ctype == OHTTP_REQ:
-                response = await _one_shot(request)
+            if ctype == OHTTP_REQ_B:
+                await _one_shot(receive, send, declared)
             else:
-                response = await _chunked(request)
-        except BaseException:
-            release()
-            raise
-        if isinstance(response, StreamingResponse):
-            response.body_iterator = _releasing(response.body_iterator, release)
-        else:
-            release()
-        return response
+                await _chunked(receive, send)
+        finally:
+            state.in_flight -= 1
 
-    async def _one_shot(request: Request) -> Response:
+    async def _one_shot(receive: Receive, send: Send, declared: bytes | None) -> None:
         assert state.serving is not None
+        if declared is not None and declared.isdigit() and int(declared) > cfg.max_body_bytes:
+            m.outcome("too_large")
+            await _send_plain(send, 413, "too large")
+            return
+        buf = bytearray()
         try:
-            enc_request = await read_body(request)
+            async with asyncio.timeout(cfg.body_read_timeout_s):
+                async for piece in _request_body(receive):
+                    buf += piece
+                    if len(buf) > cfg.max_body_bytes:
+                        raise _TooLarge
         except _TooLarge:
             m.outcome("too_large")
-            return _plain(413, "too large")
-        except (TimeoutError, ClientDisconnect):
+            await _send_plain(send, 413, "too large")
+            return
+        except (TimeoutError, _Disconnected):
             m.outcome("timeout")
-            return _plain(400, "bad request")
+            await _send_plain(send, 400, "bad request")
+            return
+        enc_request = bytes(buf)
         keys = state.keys.accepted()
         if enc_request and enc_request[0] not in keys:
             m.outcome("decrypt_failed")
-            return JSONResponse(
-                _KEY_PROBLEM, status_code=400, media_type="application/problem+json"
-            )
+            body = json.dumps(_KEY_PROBLEM).encode()
+            await _send_bytes(send, 400, b"application/problem+json", body)
+            return
         try:
             plaintext, sealer = decapsulate_request(keys, enc_request)
         except DecryptError:
             m.outcome("decrypt_failed")
-            return _plain(400, "could not decrypt")
-        refused = _admit(sealer.key_id, sealer.enc)
-        if refused is not None:
-            return refused
+            await _send_plain(send, 400, "could not decrypt")
+            return
+        if not _admit(sealer.key_id, sealer.enc):
+            await _send_plain(send, 400, "could not decrypt")
+            return
         inner = await _inner(plaintext)
         body = inner.body
         if inner.stream is not None:
             body = b"".join([piece async for piece in inner.stream])
         encoded = encode_response(BhttpResponse(inner.status, inner.headers, body))
-        return Response(
-            sealer.seal(encoded), media_type=OHTTP_RES, headers={"cache-control": "no-store"}
-        )
+        await _send_bytes(send, 200, OHTTP_RES_B, sealer.seal(encoded))
 
-    def _admit(key_id: int, enc: bytes) -> Response | None:
+    def _admit(key_id: int, enc: bytes) -> bool:
         """Count a decrypted request, or refuse a replay as opaquely as a decryption failure."""
         if not state.keys.admit(key_id, enc):
             m.outcome("replay")
-            return _plain(400, "could not decrypt")
+            return False
         m.decrypted += 1
-        return None
+        return True
 
     async def _inner(plaintext: bytes) -> InnerResponse:
         assert state.serving is not None
@@ -242,13 +245,13 @@ def create_app(state: GatewayState) -> Starlette:
             )
         return await state.serving.handle(req)
 
-    async def _chunked(request: Request) -> Response:
+    async def _chunked(receive: Receive, send: Send) -> None:
         opener = ChunkedRequestOpener(state.keys.accepted())
         chunks: list[bytes] = []
         size = 0
         try:
             async with asyncio.timeout(cfg.body_read_timeout_s):
-                async for piece in request.stream():
+                async for piece in _request_body(receive):
                     size += len(piece)
                     if size > cfg.max_body_bytes + 4096:
                         raise _TooLarge
@@ -258,33 +261,80 @@ def create_app(state: GatewayState) -> Starlette:
             chunks.extend(opener.close())
         except _TooLarge:
             m.outcome("too_large")
-            return _plain(413, "too large")
-        except (TimeoutError, ClientDisconnect):
+            await _send_plain(send, 413, "too large")
+            return
+        except (TimeoutError, _Disconnected):
             m.outcome("timeout")
-            return _plain(400, "bad request")
+            await _send_plain(send, 400, "bad request")
+            return
         except DecryptError:
             m.outcome("decrypt_failed")
-            return _plain(400, "could not decrypt")
-        refused = _admit(opener.key_id, opener.enc)
-        if refused is not None:
-            return refused
+            await _send_plain(send, 400, "could not decrypt")
+            return
+        if not _admit(opener.key_id, opener.enc):
+            await _send_plain(send, 400, "could not decrypt")
+            return
         sealer = opener.response_sealer()
         inner = await _inner(b"".join(chunks))
+        head = encode_response_head(inner.status, inner.headers)
+        await send({"type": "http.response.start", "status": 200, "headers": _CHUNKED_HEADERS})
+        if inner.stream is None:
+            body = (
+                sealer.header()
+                + sealer.seal_chunk(head + encode_content_chunk(inner.body))
+                + sealer.seal_chunk(encode_response_end(), final=True)
+            )
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+            return
+        first = sealer.header() + sealer.seal_chunk(head)
+        await _stream_sealed(receive, send, first, inner, sealer)
 
-        async def body() -> AsyncIterator[bytes]:
-            yield sealer.header()
-            head = encode_response_head(inner.status, inner.headers)
-            if inner.stream is None:
-                yield sealer.seal_chunk(head + encode_content_chunk(inner.body))
-            else:
-                yield sealer.seal_chunk(head)
-                async for piece in _coalesce(inner.stream):
-                    yield sealer.seal_chunk(encode_content_chunk(piece))
-            yield sealer.seal_chunk(encode_response_end(), final=True)
+    async def _stream_sealed(
+        receive: Receive,
+        send: Send,
+        first: bytes,
+        inner: InnerResponse,
+        sealer: ChunkedResponseSealer,
+    ) -> None:
+        """Seal each piece the engine delivered (everything since the last send) as it comes.
 
-        return StreamingResponse(
-            body(), media_type=CHUNKED_RES, headers={"cache-control": "no-store"}
-        )
+        A watcher notices the client going away and stops the engine's stream, so an abandoned
+        answer does not keep the engine generating.
+        """
+        assert inner.stream is not None
+        me = asyncio.current_task()
+        assert me is not None
+        gone = False
+        finishing = False
+
+        async def watch() -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not finishing:
+                gone = True
+                me.cancel()
+
+        watcher = asyncio.create_task(watch())
+        stream = inner.stream
+        try:
+            await send({"type": "http.response.body", "body": first, "more_body": True})
+            async for piece in stream:
+                chunk = sealer.seal_chunk(encode_content_chunk(piece))
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            finishing = True
+            end = sealer.seal_chunk(encode_response_end(), final=True)
+            await send({"type": "http.response.body", "body": end, "more_body": False})
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            me.uncancel()
+            m.outcome("client_gone")
+        finally:
+            watcher.cancel()
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:  # the engine stream's own clean-up (metrics, connection)
+                await aclose()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -302,72 +352,59 @@ def create_app(state: GatewayState) -> Starlette:
     routes = [
         Route("/v1/attestation", attestation, methods=["GET"]),
         Route("/v1/ohttp-keys", ohttp_keys, methods=["GET"]),
-        Route("/v1/ohttp", ohttp, methods=["POST"]),
         Route("/v1/log/checkpoint", checkpoint, methods=["GET"]),
         Route("/v1/log/consistency", consistency, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    framework = Starlette(routes=routes, lifespan=lifespan)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/v1/ohttp":
+            await ohttp(scope, receive, send)
+        else:
+            await framework(scope, receive, send)
+
+    return app
 
 
-_DONE = object()
-
-
-async def _coalesce(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Yield everything the engine has produced since the last send as one piece.
-
-    When the engine is faster than the client link, tokens queue up while a chunk is being
-    sealed and sent; sending them together costs one seal and one write instead of one per token.
-    A paced engine still gets one chunk per token: nothing is ever held back waiting.
-    """
-    queue: asyncio.Queue[object] = asyncio.Queue()
-
-    async def pump() -> None:
-        try:
-            async for piece in stream:
-                queue.put_nowait(piece)
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer, re-raised there
-            queue.put_nowait(e)
+async def _request_body(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        body = message.get("body", b"")
+        if body:
+            yield body
+        if not message.get("more_body", False):
             return
-        finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:  # runs the engine stream's own clean-up (metrics, socket)
-                await aclose()
-        queue.put_nowait(_DONE)
-
-    task = asyncio.create_task(pump())
-    try:
-        while True:
-            batch: list[bytes] = []
-            item = await queue.get()
-            while True:
-                if item is _DONE:
-                    if batch:
-                        yield b"".join(batch)
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                assert isinstance(item, bytes)
-                batch.append(item)
-                if queue.empty():
-                    break
-                item = queue.get_nowait()
-            yield b"".join(batch)
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
-async def _releasing(
-    body: AsyncIterable[str | bytes | memoryview], release: Callable[[], None]
-) -> AsyncIterator[str | bytes | memoryview]:
-    try:
-        async for piece in body:
-            yield piece
-    finally:
-        release()
+async def _send_bytes(
+    send: Send,
+    status: int,
+    ctype: bytes,
+    body: bytes,
+    extra: tuple[tuple[bytes, bytes], ...] = (),
+) -> None:
+    headers = [
+        (b"content-type", ctype),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+        *extra,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _send_plain(
+    send: Send, status: int, text: str, extra: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
+    await _send_bytes(send, status, b"text/plain; charset=utf-8", text.encode(), extra)
+
+
+class _Disconnected(Exception):
+    pass
 
 
 class _TooLarge(Exception):

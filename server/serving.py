@@ -12,8 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import httpx
-
+from server.engine_http import EngineHttp, EngineHttpError, EngineResponse, EngineTimeout
 from server.engines import EngineSupervisor
 from server.metrics import Metrics
 from server.ohttp import BhttpRequest
@@ -49,13 +48,23 @@ class Serving:
         self._engine = engine
         self._metrics = metrics
         self._model = served_model
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_s, connect=5.0),
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
-        )
+        self._timeout = timeout_s
+        self._http: EngineHttp | None = None
+        self._http_base = ""
+
+    def _engine_http(self) -> EngineHttp:
+        # The supervisor picks the engine's address once; it is stable across restarts.
+        base = self._engine.base_url
+        if self._http is None or self._http_base != base:
+            if self._http is not None:
+                self._http.close()
+            self._http = EngineHttp.for_url(base, read_timeout=self._timeout)
+            self._http_base = base
+        return self._http
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._http is not None:
+            self._http.close()
 
     async def handle(self, req: BhttpRequest) -> InnerResponse:
         path = req.path.split("?", 1)[0]
@@ -65,9 +74,8 @@ class Serving:
         if self._engine.state != "ready":
             self._metrics.outcome("unavailable")
             return openai_error(503, f"engine is {self._engine.state}", "engine_unavailable")
-        url = self._engine.base_url + path
         if req.method == "GET":
-            return await self._forward_plain("GET", url, None)
+            return await self._forward_plain("GET", path, None)
         try:
             payload = json.loads(req.body or b"{}")
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -81,30 +89,26 @@ class Serving:
         payload["cache_salt"] = secrets.token_urlsafe(16)
         body = json.dumps(payload).encode()
         if payload.get("stream") is True:
-            return await self._forward_stream(url, body)
-        return await self._forward_plain("POST", url, body)
+            return await self._forward_stream(path, body)
+        return await self._forward_plain("POST", path, body)
 
-    async def _forward_plain(self, method: str, url: str, body: bytes | None) -> InnerResponse:
+    async def _forward_plain(self, method: str, path: str, body: bytes | None) -> InnerResponse:
         t0 = time.perf_counter()
         try:
-            r = await self._client.request(
-                method,
-                url,
-                content=body,
-                headers={"content-type": "application/json"} if body is not None else None,
-            )
-        except httpx.TimeoutException:
+            r = await self._engine_http().request(method, path, body)
+            content = await r.read()
+        except EngineTimeout:
             self._metrics.outcome("timeout")
             return openai_error(504, "engine timed out", "engine_timeout")
-        except httpx.HTTPError as e:
+        except EngineHttpError as e:
             self._metrics.outcome("engine_error")
             return openai_error(502, f"engine failed ({type(e).__name__})", "engine_error")
         self._metrics.request_seconds.observe(time.perf_counter() - t0)
-        self._metrics.outcome("ok" if r.status_code < 400 else "engine_error")
-        if r.status_code < 400 and body is not None:
-            self._count_usage(r.content)
+        self._metrics.outcome("ok" if r.status < 400 else "engine_error")
+        if r.status < 400 and body is not None:
+            self._count_usage(content)
         ctype = r.headers.get("content-type", "application/json")
-        return InnerResponse(r.status_code, (("content-type", ctype),), r.content)
+        return InnerResponse(r.status, (("content-type", ctype),), content)
 
     def _count_usage(self, content: bytes) -> None:
         try:
@@ -115,27 +119,23 @@ class Serving:
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError, ValueError):
             return
 
-    async def _forward_stream(self, url: str, body: bytes) -> InnerResponse:
+    async def _forward_stream(self, path: str, body: bytes) -> InnerResponse:
         t0 = time.perf_counter()
-        request = self._client.build_request(
-            "POST", url, content=body, headers={"content-type": "application/json"}
-        )
         try:
-            r = await self._client.send(request, stream=True)
-        except httpx.TimeoutException:
+            r = await self._engine_http().request("POST", path, body)
+            if r.status >= 400:
+                content = await r.read()
+                self._metrics.outcome("engine_error")
+                return InnerResponse(r.status, _JSON, content)
+        except EngineTimeout:
             self._metrics.outcome("timeout")
             return openai_error(504, "engine timed out", "engine_timeout")
-        except httpx.HTTPError as e:
+        except EngineHttpError as e:
             self._metrics.outcome("engine_error")
             return openai_error(502, f"engine failed ({type(e).__name__})", "engine_error")
-        if r.status_code >= 400:
-            content = await r.aread()
-            await r.aclose()
-            self._metrics.outcome("engine_error")
-            return InnerResponse(r.status_code, _JSON, content)
         return InnerResponse(200, _SSE, stream=self._relay(r, t0))
 
-    async def _relay(self, r: httpx.Response, t0: float) -> AsyncIterator[bytes]:
+    async def _relay(self, r: EngineResponse, t0: float) -> AsyncIterator[bytes]:
         m = self._metrics
         m.active_streams += 1
         tokens = 0
@@ -143,10 +143,11 @@ class Serving:
         last = t0
         outcome = "ok"
         try:
-            async for piece in r.aiter_raw():
+            async for piece in r.iter_batches():
                 now = time.perf_counter()
                 # Each SSE event from an OpenAI engine carries one token; counting lines is
-                # enough for aggregate metrics and costs nothing on the hot path.
+                # enough for aggregate metrics and costs nothing on the hot path. A piece is
+                # everything that arrived since the last one: often many tokens.
                 n = piece.count(b"data: ") - piece.count(b"data: [DONE]")
                 if n > 0:
                     if tokens == 0:
@@ -158,7 +159,7 @@ class Serving:
                 if b'"prompt_tokens"' in piece:  # the usage chunk, when the client asked for it
                     prompt_tokens = _prompt_tokens(piece) or prompt_tokens
                 yield piece
-        except httpx.HTTPError as e:
+        except EngineHttpError as e:
             outcome = "engine_error"
             err = {
                 "error": {
@@ -170,7 +171,7 @@ class Serving:
             yield b"data: " + json.dumps(err).encode() + b"\n\n"
         finally:
             m.active_streams -= 1
-            await r.aclose()
+            r.close()
             m.add_tokens(prompt_tokens, tokens)
             m.request_seconds.observe(time.perf_counter() - t0)
             m.outcome(outcome)

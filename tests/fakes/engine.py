@@ -47,6 +47,7 @@ class FakeEngine:
         self.healthy = True
         self.requests_served = 0
         self.requests_with_cache_salt = 0
+        self.streams_abandoned = 0
         self.last_cache_salt_present = False
         # Only digests, and only to count distinct salts: enough to show a per-request salt.
         self._salt_digests: set[bytes] = set()
@@ -82,6 +83,7 @@ class FakeEngine:
             "requests_with_cache_salt": self.requests_with_cache_salt,
             "last_cache_salt_present": self.last_cache_salt_present,
             "distinct_cache_salts": len(self._salt_digests),
+            "streams_abandoned": self.streams_abandoned,
         }
 
     async def _generate(self, chat: bool, receive: Receive, send: Send) -> None:
@@ -155,6 +157,7 @@ class FakeEngine:
             start = time.perf_counter()
             for i, line in enumerate(lines):
                 if disconnected.done():
+                    self.streams_abandoned += 1  # the reader went away mid-answer
                     return
                 if self.rate > 0:
                     delay = start + i / self.rate - time.perf_counter()

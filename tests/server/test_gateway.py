@@ -300,3 +300,38 @@ def test_streamed_usage_counts_prompt_tokens(appliance, monkeypatch) -> None:  #
 
     asyncio.run(go())
     assert appliance.metric("openpcc_tokens_in_total") > before
+
+
+def test_client_gone_mid_stream_stops_the_engine_and_frees_the_slot(slow, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A client that goes away mid-answer: the engine's stream is closed and the slot returns."""
+    monkeypatch.setenv("OPENPCC_CONFIG_DIR", str(slow.config))
+    from client_cli.session import Session
+    from client_cli.trust import TrustStore, load_policy
+
+    engine_url = httpx.get(slow.url + "/healthz", timeout=5).json()["engine"]["base_url"]
+    before = httpx.get(engine_url + "/_fake/stats", timeout=5).json()["streams_abandoned"]
+
+    async def go() -> None:
+        store = TrustStore.default()
+        async with Session(slow.url, trust=store.anchors(), policy=load_policy(None)) as s:
+            payload = _chat("leave early", max_tokens=50, stream=True)
+            async for ev in s.stream("POST", "/v1/chat/completions", payload):
+                if ev.kind == "data":
+                    break  # closes the connection with most of the answer still to come
+
+    asyncio.run(go())
+    deadline = time.monotonic() + 10
+    while httpx.get(engine_url + "/_fake/stats", timeout=5).json()["streams_abandoned"] == before:
+        assert time.monotonic() < deadline, "the engine kept generating for a client that left"
+        time.sleep(0.1)
+    # Both slots (max_concurrent = 2) are free again: two streams run side by side.
+    results: list[object] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(_stream(slow.url, "again", 3)))
+        for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r[0] for r in results] == [200, 200]  # type: ignore[index]
