@@ -4,6 +4,34 @@ The checks run in the contract's order; the first failure stops the run and ever
 reported as not run. There is no way to obtain a :class:`VerifiedNode` other than
 :func:`verify_bundle` succeeding, and the sealing code accepts nothing else, so an unverified
 key cannot be encrypted to.
+
+Two CPU TEEs share the same ten checks; only checks 1-7 read TEE-specific evidence:
+
+==================  ===================================  ========================================
+check               SEV-SNP (``sev-snp``, ``sim-*``)     Intel TDX (``tdx``, ``sim-tdx``)
+==================  ===================================  ========================================
+1 report-parse      1184-byte ATTESTATION_REPORT         DCAP quote v4/v5
+2 report-signature  ECDSA P-384 by the VCEK/VLEK         ECDSA P-256 by the attestation key
+3 cert-chain        VCEK/VLEK -> ASK/ASVK -> pinned ARK  PCK -> Platform CA -> pinned Intel SGX
+                                                         Root CA (the chain inside the quote)
+4 tcb-consistency   cert TCB = REPORTED_TCB, chip id     the QE report, signed by the PCK key,
+                                                         binds the attestation key
+5 policy            :class:`SnpPolicy`                   :class:`TdxPolicy`: DEBUG always
+                                                         forbidden, optional allowlists
+6a measurement      MEASUREMENT = manifest               MRTD = manifest ``measurement``, and
+                    ``measurement``                      each register the ``tdx`` table pins
+7 report-data       REPORT_DATA                          the TD report's REPORTDATA (64 bytes)
+==================  ===================================  ========================================
+
+Measurement mapping for TDX: the manifest's ``measurement`` is what ``cvm_boot`` releases for a TDX
+recipe, its pinned MRTD, so MRTD is compared with it (and with ``tdx.mrtd`` when present). MRTD
+covers the TD's initial memory, i.e. the firmware only; the kernel, initrd and command line are
+extended into RTMR1-2 at boot. A manifest ``tdx`` table may pin ``rtmr0``..``rtmr3``,
+``mrconfigid``, ``mrowner``, ``mrownerconfig``; each one present must equal the quote's, and any
+other key there is refused rather than ignored. Where no RTMR is pinned the check's detail says so:
+the kernel and command line are then not bound by the quote. TDX TCB levels are not evaluated here
+(no DCAP collateral), and the bundle's ``certs`` is informational for TDX: the chain verified is
+the one the quote itself carries.
 """
 
 from __future__ import annotations
@@ -24,6 +52,9 @@ from attest.nvgpu import load_gpu_chain, parse_gpu_report, verify_gpu_report
 from attest.sevsnp.abi import Report, parse_report
 from attest.sevsnp.validate import SnpPolicy, validate_report
 from attest.sevsnp.verify import load_certificates, verify_report
+from attest.tdx.abi import MR_SIZE, Quote, parse_quote
+from attest.tdx.validate import TdxPolicy, validate_quote
+from attest.tdx.verify import verify_quote
 from server.ohttp import KeyConfig
 
 __all__ = [
@@ -41,8 +72,10 @@ __all__ = [
 ]
 
 BUNDLE_FORMAT = "openpcc-attestation/1"
-REAL_TEES = ("sev-snp",)
-SIMULATED_TEES = ("sim-sev-snp",)
+REAL_TEES = ("sev-snp", "tdx")
+SIMULATED_TEES = ("sim-sev-snp", "sim-tdx")
+TDX_TEES = ("tdx", "sim-tdx")
+TDX_PRODUCT = "Intel TDX"
 
 CHECK_ORDER: tuple[tuple[str, str], ...] = (
     ("report-parse", "1 report parses"),
@@ -67,6 +100,31 @@ _SNP_CHECK_NAMES = {
     "tcb": "tcb-consistency",
     "chip_id": "tcb-consistency",
 }
+
+# verify_quote's checks, in the order it runs them, and the contract check each one belongs to.
+_TDX_QUOTE_CHECKS = (
+    "tdx-pck-chain",
+    "tdx-qe-report-signature",
+    "tdx-qe-report-data",
+    "tdx-quote-signature",
+)
+_TDX_CHECK_NAMES = {
+    "tdx-pck-chain": "cert-chain",
+    "tdx-qe-report-signature": "tcb-consistency",
+    "tdx-qe-report-data": "tcb-consistency",
+    "tdx-quote-signature": "report-signature",
+}
+# Manifest ``tdx`` keys compared with the quote (the 48-byte TD registers).
+_TDX_MANIFEST_REGISTERS = (
+    "mrtd",
+    "rtmr0",
+    "rtmr1",
+    "rtmr2",
+    "rtmr3",
+    "mrconfigid",
+    "mrowner",
+    "mrownerconfig",
+)
 
 Status = Literal["pass", "fail", "skip", "not-run"]
 
@@ -95,13 +153,18 @@ class TrustAnchors:
     log_keys: tuple[tlog.VerifierKey, ...]
     simulation_snp_roots: tuple[x509.Certificate, ...] = ()
     simulation_gpu_roots: tuple[x509.Certificate, ...] = ()
+    intel_roots: tuple[x509.Certificate, ...] = ()
+    simulation_tdx_roots: tuple[x509.Certificate, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class ClientPolicy:
+    """``tdx`` applies to TDX nodes (``None``: the floor, debug off); ``snp`` to SEV-SNP nodes."""
+
     snp: SnpPolicy
     min_gpus: int = 1
     skip: frozenset[str] = frozenset()
+    tdx: TdxPolicy | None = None
 
     def __post_init__(self) -> None:
         unknown = self.skip - SKIPPABLE_CHECKS
@@ -110,6 +173,20 @@ class ClientPolicy:
                 f"policy: check(s) {sorted(unknown)} cannot be skipped "
                 f"(only {sorted(SKIPPABLE_CHECKS)} can)"
             )
+        if self.tdx is not None and self.tdx.allow_debug:
+            raise ParseError(
+                "policy: a TDX policy may not allow debug: a debug TD is open to the host",
+                hint="remove allow_debug from the [tdx] policy",
+            )
+        if self.tdx is not None and self.tdx.report_data is not None:
+            raise ParseError(
+                "policy: a TDX policy may not pin report_data: the bundle binding decides it",
+                hint="remove report_data from the [tdx] policy",
+            )
+
+    @property
+    def tdx_or_floor(self) -> TdxPolicy:
+        return self.tdx if self.tdx is not None else TdxPolicy()
 
 
 class CheckpointStore(Protocol):
@@ -136,7 +213,7 @@ class VerifiedNode:
     key_config: KeyConfig
     key_config_raw: bytes
     manifest: Mapping[str, object]
-    report: Report
+    report: Report | None  # SEV-SNP nodes; TDX nodes carry ``quote`` instead
     product: str
     gpus: tuple[Mapping[str, object], ...]
     log_index: int
@@ -144,6 +221,7 @@ class VerifiedNode:
     nonce: bytes | None
     checks: tuple[CheckResult, ...]
     verified_at: datetime
+    quote: Quote | None = None
     _token: object = field(repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
@@ -263,66 +341,34 @@ def run_verification(
     now = now or datetime.now(UTC)
     r = _Runner()
     try:
-        # 1. structure and report parse
+        # 1. structure (the report itself is parsed by the TEE's own steps)
         try:
             b = _BundleFields.parse(bundle, nonce)
-            report = parse_report(b.report)
         except ParseError as e:
             raise r.fail("report-parse", e) from e
         simulated = b.tee in SIMULATED_TEES
-        r.passed("report-parse", f"{b.tee} report v{report.version}, {len(b.report)} bytes")
 
-        # 2-4. signature, chain to a pinned root, TCB/chip-id consistency
-        if simulated:
-            roots = trust.simulation_snp_roots
-            if not roots:
-                raise r.fail(
-                    "cert-chain",
-                    VerificationError(
-                        "cert-chain",
-                        "the node presents SIMULATED evidence and no simulation root is trusted",
-                        hint="only for development: `openpcc trust --simulated ROOT.pem`",
-                    ),
-                )
+        # 1-5. parse, signature, chain to a pinned root, TCB consistency, policy
+        if b.tee in TDX_TEES:
+            cpu = _tdx_checks(r, b, trust, policy, now, simulated)
         else:
-            roots = trust.amd_roots
-        try:
-            certs = load_certificates(b.certs)
-            verified = verify_report(report, certs, roots=list(roots), now=now)
-        except ParseError as e:
-            raise r.fail("cert-chain", e) from e
-        except VerificationError as e:
-            name = _SNP_CHECK_NAMES.get(e.check, "cert-chain")
-            err = VerificationError(name, e.detail, hint=e.hint)
-            if name != "report-signature":
-                r.passed("report-signature", "ECDSA P-384/SHA-384 over 0x000-0x29F")
-            if name == "tcb-consistency":
-                r.passed("cert-chain", "chain to the pinned root verified")
-            raise r.fail(name, err) from e
-        detail = dict(verified.checks)
-        r.passed("report-signature", detail.get("signature", "ECDSA P-384/SHA-384"))
-        r.passed("cert-chain", f"{verified.product}: " + detail.get("chain", "verified"))
-        r.passed("tcb-consistency", detail.get("tcb", "certificate TCB equals REPORTED_TCB"))
-
-        # 5. policy
-        try:
-            passed = validate_report(report, policy.snp, product=verified.product)
-        except PolicyError as e:
-            raise r.fail("policy", PolicyError(e.violations, check="policy", hint=e.hint)) from e
-        r.passed("policy", "; ".join(d for _, d in passed) or "floor: debug and migration off")
+            cpu = _snp_checks(r, b, trust, policy, now, simulated)
 
         # 6a. measurement equals the manifest's
-        expected = _manifest_measurement(b.manifest)
-        if expected is None or not hmac.compare_digest(expected, report.measurement):
-            raise r.fail(
-                "measurement",
-                VerificationError(
+        if cpu.quote is not None:
+            _tdx_measurement(r, b.manifest, cpu.quote)
+        else:
+            expected = _manifest_measurement(b.manifest)
+            if expected is None or not hmac.compare_digest(expected, cpu.measurement):
+                raise r.fail(
                     "measurement",
-                    f"report MEASUREMENT {report.measurement.hex()} != manifest "
-                    f"{expected.hex() if expected else '(missing)'}",
-                ),
-            )
-        r.passed("measurement", report.measurement.hex())
+                    VerificationError(
+                        "measurement",
+                        f"report MEASUREMENT {cpu.measurement.hex()} != manifest "
+                        f"{expected.hex() if expected else '(missing)'}",
+                    ),
+                )
+            r.passed("measurement", cpu.measurement.hex())
 
         # 6b. transparency log
         log_index, tree_size = -1, 0
@@ -335,17 +381,17 @@ def run_verification(
                 raise r.fail("transparency-log", _as_check("transparency-log", e)) from e
             r.passed("transparency-log", log_detail)
 
-        # 7. REPORT_DATA binding
+        # 7. REPORT_DATA binding (TDX: the TD report's REPORTDATA, bound the same way)
         want = binding.report_data(
             key_config=b.key_config, gpus=b.gpus, manifest=b.manifest, nonce=nonce
         )
-        if not hmac.compare_digest(want, report.report_data):
+        if not hmac.compare_digest(want, cpu.report_data):
             raise r.fail(
                 "report-data",
                 VerificationError(
                     "report-data",
-                    "REPORT_DATA does not bind this bundle's key config, GPU evidence, manifest "
-                    "and nonce" + (" (fresh nonce)" if nonce else ""),
+                    f"{cpu.report_data_name} does not bind this bundle's key config, GPU "
+                    "evidence, manifest and nonce" + (" (fresh nonce)" if nonce else ""),
                 ),
             )
         r.passed(
@@ -381,21 +427,222 @@ def run_verification(
     node = VerifiedNode(
         tee=b.tee,
         simulated=simulated,
-        measurement=report.measurement,
+        measurement=cpu.measurement,
         key_config=key_config,
         key_config_raw=b.key_config,
         manifest=b.manifest,
-        report=report,
-        product=verified.product,
+        report=cpu.report,
+        product=cpu.product,
         gpus=tuple(gpu_info),
         log_index=log_index,
         tree_size=tree_size,
         nonce=nonce,
         checks=tuple(r.results),
         verified_at=now,
+        quote=cpu.quote,
         _token=_TOKEN,
     )
     return VerificationRun(r.results, node=node)
+
+
+@dataclass(frozen=True, slots=True)
+class _CpuEvidence:
+    """What checks 1-5 established about the CPU evidence, whichever TEE produced it."""
+
+    measurement: bytes
+    report_data: bytes
+    report_data_name: str
+    product: str
+    report: Report | None = None
+    quote: Quote | None = None
+
+
+def _snp_checks(
+    r: _Runner,
+    b: _BundleFields,
+    trust: TrustAnchors,
+    policy: ClientPolicy,
+    now: datetime,
+    simulated: bool,
+) -> _CpuEvidence:
+    try:
+        report = parse_report(b.report)
+    except ParseError as e:
+        raise r.fail("report-parse", e) from e
+    r.passed("report-parse", f"{b.tee} report v{report.version}, {len(b.report)} bytes")
+
+    # 2-4. signature, chain to a pinned root, TCB/chip-id consistency
+    if simulated:
+        roots = trust.simulation_snp_roots
+        if not roots:
+            raise r.fail("cert-chain", _no_simulation_root())
+    else:
+        roots = trust.amd_roots
+    try:
+        certs = load_certificates(b.certs)
+        verified = verify_report(report, certs, roots=list(roots), now=now)
+    except ParseError as e:
+        raise r.fail("cert-chain", e) from e
+    except VerificationError as e:
+        name = _SNP_CHECK_NAMES.get(e.check, "cert-chain")
+        err = VerificationError(name, e.detail, hint=e.hint)
+        if name != "report-signature":
+            r.passed("report-signature", "ECDSA P-384/SHA-384 over 0x000-0x29F")
+        if name == "tcb-consistency":
+            r.passed("cert-chain", "chain to the pinned root verified")
+        raise r.fail(name, err) from e
+    detail = dict(verified.checks)
+    r.passed("report-signature", detail.get("signature", "ECDSA P-384/SHA-384"))
+    r.passed("cert-chain", f"{verified.product}: " + detail.get("chain", "verified"))
+    r.passed("tcb-consistency", detail.get("tcb", "certificate TCB equals REPORTED_TCB"))
+
+    # 5. policy
+    try:
+        passed = validate_report(report, policy.snp, product=verified.product)
+    except PolicyError as e:
+        raise r.fail("policy", PolicyError(e.violations, check="policy", hint=e.hint)) from e
+    r.passed("policy", "; ".join(d for _, d in passed) or "floor: debug and migration off")
+    return _CpuEvidence(
+        measurement=report.measurement,
+        report_data=report.report_data,
+        report_data_name="REPORT_DATA",
+        product=verified.product,
+        report=report,
+    )
+
+
+def _no_simulation_root() -> VerificationError:
+    return VerificationError(
+        "cert-chain",
+        "the node presents SIMULATED evidence and no simulation root is trusted",
+        hint="only for development: `openpcc trust --simulated ROOT.pem`",
+    )
+
+
+def _tdx_checks(
+    r: _Runner,
+    b: _BundleFields,
+    trust: TrustAnchors,
+    policy: ClientPolicy,
+    now: datetime,
+    simulated: bool,
+) -> _CpuEvidence:
+    try:
+        quote = parse_quote(b.report)
+    except ParseError as e:
+        raise r.fail("report-parse", e) from e
+    r.passed("report-parse", f"{b.tee} quote v{quote.version}, {len(quote.raw)} bytes")
+
+    # 2-4. quote signature, PCK chain to a pinned root, QE binding of the attestation key.
+    # verify_quote runs them root first; a failure reports the checks it had passed.
+    if simulated:
+        roots = trust.simulation_tdx_roots
+        if not roots:
+            raise r.fail("cert-chain", _no_simulation_root())
+    else:
+        roots = trust.intel_roots
+    try:
+        # Never roots=None: that would mean verify_quote's own default, not this client's trust.
+        verified = verify_quote(quote, roots=list(roots), now=now)
+    except VerificationError as e:
+        name = _TDX_CHECK_NAMES.get(e.check, "cert-chain")
+        done = (
+            _TDX_QUOTE_CHECKS[: _TDX_QUOTE_CHECKS.index(e.check)]
+            if e.check in _TDX_QUOTE_CHECKS
+            else _TDX_QUOTE_CHECKS
+        )
+        for check in ("report-signature", "cert-chain", "tcb-consistency"):
+            parts = [c for c in _TDX_QUOTE_CHECKS if _TDX_CHECK_NAMES[c] == check]
+            if check != name and all(c in done for c in parts):
+                r.passed(check, f"{', '.join(parts)} verified")
+        raise r.fail(name, VerificationError(name, f"{e.check}: {e.detail}", hint=e.hint)) from e
+    detail = dict(verified.checks)
+    r.passed("report-signature", detail["tdx-quote-signature"] + " by the attestation key")
+    r.passed("cert-chain", f"{TDX_PRODUCT}: PCK chain, " + detail["tdx-pck-chain"])
+    r.passed(
+        "tcb-consistency",
+        "QE report signed by the PCK key "
+        + detail["tdx-qe-report-data"]
+        + "; TCB level not evaluated (no DCAP collateral)",
+    )
+
+    # 5. policy: the floor (DEBUG off) always, allowlists where the policy has them
+    try:
+        passed = validate_quote(quote, policy.tdx_or_floor)
+    except PolicyError as e:
+        raise r.fail("policy", PolicyError(e.violations, check="policy", hint=e.hint)) from e
+    labels = {"tdx-debug": "debug off"}
+    r.passed(
+        "policy", "; ".join(f"{labels.get(n, n.removeprefix('tdx-'))}: {d}" for n, d in passed)
+    )
+    return _CpuEvidence(
+        measurement=quote.body.mrtd,
+        report_data=quote.body.report_data,
+        report_data_name="REPORTDATA",
+        product=TDX_PRODUCT,
+        quote=quote,
+    )
+
+
+def _tdx_measurement(r: _Runner, manifest: Mapping[str, object], quote: Quote) -> None:
+    """MRTD equals the manifest's ``measurement``; every register its ``tdx`` table pins, too."""
+    body = quote.body
+    registers = {
+        "mrtd": body.mrtd,
+        "rtmr0": body.rtmrs[0],
+        "rtmr1": body.rtmrs[1],
+        "rtmr2": body.rtmrs[2],
+        "rtmr3": body.rtmrs[3],
+        "mrconfigid": body.mrconfigid,
+        "mrowner": body.mrowner,
+        "mrownerconfig": body.mrownerconfig,
+    }
+
+    def failed(message: str) -> _Failed:
+        return r.fail("measurement", VerificationError("measurement", message))
+
+    expected = _manifest_measurement(manifest)
+    if expected is None or not hmac.compare_digest(expected, body.mrtd):
+        raise failed(
+            f"quote MRTD {body.mrtd.hex()} != manifest "
+            f"{expected.hex() if expected else '(missing)'}"
+        )
+    pins = manifest.get("tdx", {})
+    if not isinstance(pins, dict):
+        raise failed("manifest field 'tdx' must be an object of TD registers")
+    unknown = sorted(set(pins) - set(_TDX_MANIFEST_REGISTERS))
+    if unknown:
+        raise failed(f"manifest tdx.{unknown[0]} is not a TD register this client compares")
+    for name in _TDX_MANIFEST_REGISTERS:
+        if name not in pins:
+            continue
+        want = _hex_register(pins[name])
+        if want is None:
+            raise failed(f"manifest tdx.{name} is not {MR_SIZE} bytes of hex")
+        if not hmac.compare_digest(want, registers[name]):
+            raise failed(
+                f"quote {name.upper()} {registers[name].hex()} != manifest tdx.{name} {want.hex()}"
+            )
+    rtmrs = [n.upper() for n in ("rtmr0", "rtmr1", "rtmr2", "rtmr3") if n in pins]
+    r.passed(
+        "measurement",
+        f"MRTD {body.mrtd.hex()}; "
+        + (
+            f"{', '.join(rtmrs)} match the manifest"
+            if rtmrs
+            else "no RTMR pinned by the manifest: kernel, initrd and command line not compared"
+        ),
+    )
+
+
+def _hex_register(value: object) -> bytes | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        return None
+    return raw if len(raw) == MR_SIZE else None
 
 
 def _as_check(name: str, e: OpenPCCError) -> VerificationError:

@@ -3,11 +3,14 @@
 Layout (``$OPENPCC_CONFIG_DIR``, else ``$XDG_CONFIG_HOME/openpcc``, else ``~/.config/openpcc``)::
 
     log-keys.txt          transparency-log verifier keys (C2SP name+hash+base64), one a line
-    simulation-roots.pem  SIMULATED evidence roots: only after `openpcc trust --simulated`
+    simulation-roots.pem  SIMULATED evidence roots: only after `openpcc trust --simulated`; a root
+                          named CN="Intel SGX Root CA" anchors sim-tdx quotes only, every other
+                          root sim-sev-snp reports and sim-nvidia GPU evidence
     policy.toml           optional policy (strict: unknown keys, an empty file are errors)
     checkpoints/*.txt     the last checkpoint accepted per log origin (refuses rollbacks, forks)
 
-The pinned AMD and NVIDIA roots come from the package, never from this directory or the network.
+The pinned AMD, Intel and NVIDIA roots come from the package, never from this directory or the
+network.
 """
 
 from __future__ import annotations
@@ -27,11 +30,14 @@ from attest.errors import ParseError, VerificationError
 from attest.nvgpu import pinned_nvidia_roots
 from attest.sevsnp.validate import SnpPolicy
 from attest.sevsnp.verify import load_certificates, pinned_roots
+from attest.tdx.validate import TdxPolicy
+from attest.tdx.verify import INTEL_ROOT_SUBJECT_CN, pinned_intel_roots
 
 __all__ = [
     "FileCheckpointStore",
     "TrustStore",
     "config_dir",
+    "is_tdx_root",
     "load_policy",
 ]
 
@@ -104,17 +110,27 @@ class TrustStore:
         return False
 
     def anchors(self) -> TrustAnchors:
-        sim = tuple(self.simulation_roots())
+        roots = self.simulation_roots()
+        tdx = tuple(c for c in roots if is_tdx_root(c))
+        sim = tuple(c for c in roots if not is_tdx_root(c))
         return TrustAnchors(
             amd_roots=tuple(pinned_roots()),
             nvidia_roots=tuple(pinned_nvidia_roots()),
             log_keys=tuple(self.log_keys()),
             simulation_snp_roots=sim,
             simulation_gpu_roots=sim,
+            intel_roots=tuple(pinned_intel_roots()),
+            simulation_tdx_roots=tdx,
         )
 
     def checkpoints(self) -> FileCheckpointStore:
         return FileCheckpointStore(self.directory / "checkpoints", self.log_keys())
+
+
+def is_tdx_root(cert: x509.Certificate) -> bool:
+    """A simulation root shaped like Intel's (CN "Intel SGX Root CA"): it anchors sim-tdx only."""
+    names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    return any(n.value == INTEL_ROOT_SUBJECT_CN for n in names)
 
 
 class FileCheckpointStore:
@@ -144,7 +160,7 @@ class FileCheckpointStore:
         _write_private(self._path(checkpoint.origin), checkpoint.note)
 
 
-_POLICY_SECTIONS = {"snp", "gpu", "skip"}
+_POLICY_SECTIONS = {"snp", "tdx", "gpu", "skip"}
 
 
 def load_policy(path: Path | None) -> ClientPolicy:
@@ -198,4 +214,11 @@ def load_policy(path: Path | None) -> ClientPolicy:
         snp = SnpPolicy.from_mapping(data["snp"]) if "snp" in data else SnpPolicy()
     except ParseError as e:
         raise bad(f"[snp] {e}") from e
-    return ClientPolicy(snp=snp, min_gpus=min_gpus, skip=frozenset(checks))
+    try:
+        tdx = TdxPolicy.from_mapping(data["tdx"]) if "tdx" in data else None
+    except ParseError as e:
+        raise bad(f"[tdx] {e}") from e
+    try:
+        return ClientPolicy(snp=snp, min_gpus=min_gpus, skip=frozenset(checks), tdx=tdx)
+    except ParseError as e:
+        raise bad(str(e).removeprefix("policy: ")) from e

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from cryptography import x509
 from rich.console import Console
 from rich.table import Table
 
@@ -21,6 +22,12 @@ from attest.errors import OpenPCCError, ParseError, PolicyError, VerificationErr
 from attest.nvgpu.abi import NONCE_SIZE, parse_gpu_report
 from attest.nvgpu.verify import load_gpu_chain, run_gpu_checks
 from attest.tdx.abi import parse_quote
+from attest.tdx.collateral import (
+    COLLATERAL_FILES,
+    TcbEvaluation,
+    evaluate_collateral,
+    load_collateral_dir,
+)
 from attest.tdx.validate import TdxPolicy, validate_quote
 from attest.tdx.verify import run_quote_checks
 
@@ -108,11 +115,53 @@ def _failed(name: str, error: OpenPCCError) -> tuple[str, bool, str]:
     return (name, False, str(error))
 
 
+def _read_rims(paths: list[Path]) -> dict[str, bytes]:
+    """RIM files by label: the file name, or the whole path where two names collide."""
+    names = [p.name for p in paths]
+    rims: dict[str, bytes] = {}
+    for path in paths:
+        label = path.name if names.count(path.name) == 1 else str(path)
+        try:
+            rims[label] = path.read_bytes()
+        except OSError as exc:
+            raise ParseError(f"cannot read RIM {path}: {exc.strerror or exc}") from exc
+    return rims
+
+
+def _read_rim_root(path: Path) -> list[x509.Certificate]:
+    try:
+        roots = x509.load_pem_x509_certificates(path.read_bytes())
+    except OSError as exc:
+        raise ParseError(f"cannot read RIM root {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise ParseError(f"RIM root {path} is not PEM certificates: {exc}") from exc
+    return roots
+
+
 def verify_gpu(
     report: Annotated[Path, typer.Argument(help="SPDM attestation report (raw or hex)")],
     certs: Annotated[Path, typer.Option("--certs", help="PEM certificate chain, leaf first")],
     nonce: Annotated[
         str | None, typer.Option("--nonce", help="expected request nonce (64 hex chars)")
+    ] = None,
+    rim: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--rim",
+            metavar="FILE",
+            help="NVIDIA RIM (SWID tag) of this GPU's driver or VBIOS, as NVIDIA serves it; "
+            "repeat to give both. Checks each RIM's signature and chain, that its version is "
+            "the report's, and every measurement index against it",
+        ),
+    ] = None,
+    rim_root: Annotated[
+        Path | None,
+        typer.Option(
+            "--rim-root",
+            metavar="PEM",
+            help="PEM root that RIM signatures must chain to, instead of the pinned "
+            '"NVIDIA CoRIM signing Root CA"',
+        ),
     ] = None,
     at: Annotated[
         str | None, typer.Option("--at", help="check certificate validity at this ISO-8601 time")
@@ -122,33 +171,49 @@ def verify_gpu(
     """Verify an NVIDIA GPU attestation report against the pinned NVIDIA root."""
     when = _parse_at(at)
     expected = _parse_nonce(nonce)
+    if rim_root is not None and not rim:
+        raise typer.BadParameter("--rim-root needs --rim", param_hint="--rim-root")
     checks: list[tuple[str, bool, str]] = []
     parsed: dict[str, Any] | None = None
     error: OpenPCCError | None = None
+    stage = "gpu-parse"
     try:
         gpu = parse_gpu_report(_read_evidence(report))
         parsed = gpu.to_dict()
         checks.append(("gpu-parse", True, f"SPDM {parsed['spdm_version']}, {gpu.length} bytes"))
-        chain = load_gpu_chain(certs.read_bytes())
+        try:
+            chain = load_gpu_chain(certs.read_bytes())
+        except OSError as exc:
+            raise ParseError(f"cannot read {certs}: {exc.strerror or exc}") from exc
         if not chain:
             raise ParseError(f"{certs} holds no certificates")
+        # From here a ParseError can only be about the RIM files (load_rim inside the checks).
+        stage = "gpu-rim"
+        rims = _read_rims(rim) if rim else None
+        rim_roots = _read_rim_root(rim_root) if rim_root is not None else None
         record: list[tuple[str, str]] = []
         try:
             run_gpu_checks(
-                gpu, chain, nonce=expected, roots=None, now=when, rims=None, record=record
+                gpu,
+                chain,
+                nonce=expected,
+                roots=None,
+                now=when,
+                rims=rims,
+                record=record,
+                rim_roots=rim_roots,
             )
         finally:
             checks.extend((name, True, detail) for name, detail in record)
+        if not rims:
+            checks.append(("gpu-rim", True, "skipped: no --rim, measurements not compared"))
         if gpu.cc_enabled is None:
             checks.append(("gpu-cc", True, "report carries no signed CC flag (older firmware)"))
         else:
             checks.append(("gpu-cc", gpu.cc_enabled, f"CC mode {gpu.cc_mode}"))
-    except OSError as exc:
-        error = ParseError(f"cannot read {certs}: {exc}")
-        checks.append(_failed("gpu-parse", error))
     except OpenPCCError as exc:
         error = exc
-        checks.append(_failed("gpu-parse", exc))
+        checks.append(_failed(stage, exc))
     if error is None and not all(ok for _, ok, _ in checks):
         error = PolicyError(["cc_enabled: report False, required True"], check="gpu-cc")
     _emit(
@@ -164,10 +229,30 @@ def verify_gpu(
 def verify_tdx(
     quote: Annotated[Path, typer.Argument(help="TDX DCAP quote (v4 or v5, raw or hex)")],
     policy: Annotated[
-        Path | None, typer.Option("--policy", help="TOML policy (debug, MRTD, RTMRs, report data)")
+        Path | None,
+        typer.Option(
+            "--policy",
+            help="TOML policy (debug, MRTD, RTMRs, report data, accepted_tcb_statuses, "
+            "require_collateral)",
+        ),
+    ] = None,
+    collateral: Annotated[
+        Path | None,
+        typer.Option(
+            "--collateral",
+            file_okay=False,
+            metavar="DIR",
+            help="directory of Intel PCS collateral for this platform, saved unchanged: "
+            f"{COLLATERAL_FILES[0]} (TDX TCB info), {COLLATERAL_FILES[1]} (TD_QE identity), "
+            f"{COLLATERAL_FILES[2]} (the TCB-Info-Issuer-Chain header as PEM); evaluates the "
+            "platform's TCB status (accepted: UpToDate unless the policy says otherwise)",
+        ),
     ] = None,
     at: Annotated[
-        str | None, typer.Option("--at", help="check certificate validity at this ISO-8601 time")
+        str | None,
+        typer.Option(
+            "--at", help="check certificate and collateral validity at this ISO-8601 time"
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
@@ -176,24 +261,34 @@ def verify_tdx(
     checks: list[tuple[str, bool, str]] = []
     parsed: dict[str, Any] | None = None
     error: OpenPCCError | None = None
+    stage = "tdx-policy-file"
     try:
         # No policy file still means the floor: a debug TD is never accepted by default.
         rules = TdxPolicy.from_toml(policy) if policy is not None else TdxPolicy()
+        stage = "tdx-parse"
         tdx = parse_quote(_read_evidence(quote))
         parsed = tdx.to_dict()
         checks.append(("tdx-parse", True, f"quote v{tdx.version}, {len(tdx.raw)} bytes"))
+        stage = "tdx-collateral"
+        files = load_collateral_dir(collateral) if collateral is not None else None
         record: list[tuple[str, str]] = []
+        tcb: TcbEvaluation | None = None
         try:
-            run_quote_checks(tdx, roots=None, now=when, collateral=None, record=record)
+            pck = run_quote_checks(tdx, roots=None, now=when, collateral=None, record=record)
+            if files is not None:
+                tcb = evaluate_collateral(tdx, pck, files, now=when, record=record)
+            else:
+                record.append(("tdx-collateral", "skipped: no --collateral, TCB not evaluated"))
         finally:
             checks.extend((name, True, detail) for name, detail in record)
-        checks.extend((name, True, detail) for name, detail in validate_quote(tdx, rules))
+        stage = "tdx-policy"
+        checks.extend((name, True, detail) for name, detail in validate_quote(tdx, rules, tcb=tcb))
     except OSError as exc:
         error = ParseError(f"cannot read {policy}: {exc}")
-        checks.append(_failed("tdx-policy-file", error))
+        checks.append(_failed(stage, error))
     except OpenPCCError as exc:
         error = exc
-        checks.append(_failed("tdx-parse", exc))
+        checks.append(_failed(stage, exc))
     _emit(
         title="Intel TDX quote",
         checks=checks,

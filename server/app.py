@@ -18,12 +18,10 @@ from attest.errors import OpenPCCError
 from cvm_boot.tlog import ENTRIES_FILE, TransparencyLog, bundle_entry
 from server.attestation import (
     BundleBuilder,
-    ConfigfsSnpProvider,
-    CpuEvidenceProvider,
     GpuEvidenceProvider,
     NoGpuProvider,
     SimulatedGpuProvider,
-    SimulatedSnpProvider,
+    cpu_provider,
 )
 from server.config import GatewayConfig, load_config
 from server.engines import EngineSupervisor
@@ -80,13 +78,7 @@ _LOOP = "uvloop" if _have("uvloop") else "asyncio"
 def build_state(cfg: GatewayConfig) -> GatewayState:
     manifest = json.loads(cfg.manifest.read_text())
     measurement = bytes.fromhex(str(manifest["measurement"]))
-    cpu: CpuEvidenceProvider
-    if cfg.attestation == "simulated":
-        cpu = SimulatedSnpProvider(cfg.sim_dir / "snp", measurement)
-    elif cfg.attestation == "configfs":
-        cpu = ConfigfsSnpProvider()
-    else:
-        raise OpenPCCError(f"unknown attestation provider {cfg.attestation!r}")
+    cpu = cpu_provider(cfg.attestation, sim_dir=cfg.sim_dir, measurement=measurement)
     gpu: GpuEvidenceProvider
     if cfg.gpu == "simulated":
         gpu = SimulatedGpuProvider(cfg.sim_dir / "gpu", cfg.gpu_count)

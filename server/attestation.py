@@ -1,35 +1,45 @@
 """Evidence providers and the attestation bundle the gateway serves (DESIGN.md section 3).
 
 A provider turns REPORT_DATA into a hardware report: the Linux configfs-tsm interface inside a
-real SEV-SNP guest, or the simulated signer (which says SIMULATED in its TEE name). The bundle
-builder binds the current key configuration, the GPU evidence and the release manifest into
-REPORT_DATA, so a client can check that all of them come from this one node.
+real SEV-SNP or Intel TDX guest, or a simulated signer (which says SIMULATED in its TEE name).
+For TDX the "report" is the DCAP quote, whose 64-byte TD REPORTDATA carries the same binding, and
+``certs`` is the PCK chain copied out of the quote. The bundle builder binds the current key
+configuration, the GPU evidence and the release manifest into REPORT_DATA, so a client can check
+that all of them come from this one node. :func:`cpu_provider` picks a provider by the gateway
+config's ``attestation`` value.
 """
 
 from __future__ import annotations
 
 import base64
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from attest import binding
+from attest.errors import OpenPCCError, TransportError
 from attest.nvgpu import SimulatedGpu
 from attest.sevsnp.configfs import collect_report
 from attest.sevsnp.sim import SimulatedSnpSigner
+from attest.tdx.abi import parse_quote
+from attest.tdx.configfs import REPORT_ROOT, TsmClient, collect_tdx_quote
+from attest.tdx.sim import SimulatedTdxSigner
 from server.keys import KeyRing
 
 __all__ = [
     "BundleBuilder",
     "ConfigfsSnpProvider",
+    "ConfigfsTdxProvider",
     "CpuEvidenceProvider",
     "GpuEvidenceProvider",
     "NoGpuProvider",
     "SimulatedGpuProvider",
     "SimulatedSnpProvider",
+    "SimulatedTdxProvider",
+    "cpu_provider",
 ]
 
 
@@ -78,6 +88,59 @@ class SimulatedSnpProvider:
         return self._signer.sign(report_data=report_data, measurement=self._measurement), (
             self._chain
         )
+
+
+class ConfigfsTdxProvider:
+    """A real TDX guest: quotes come from the TDX module and the host's Quoting Enclave through
+    configfs-tsm; the PCK chain travels inside the quote (certification data type 5)."""
+
+    tee = "tdx"
+
+    def __init__(self, root: Path = REPORT_ROOT, *, client: TsmClient | None = None) -> None:
+        self._root = root
+        self._client = client
+
+    def evidence(self, report_data: bytes) -> tuple[bytes, str]:
+        tsm = collect_tdx_quote(report_data, root=self._root, client=self._client)
+        quote = parse_quote(tsm.outblob)  # a quote the client cannot parse is refused here
+        if quote.body.report_data != report_data:
+            raise TransportError("configfs-tsm returned a TDX quote over another REPORTDATA")
+        pem = "".join(c.public_bytes(Encoding.PEM).decode() for c in quote.pck_chain)
+        return quote.raw, pem
+
+
+class SimulatedTdxProvider:
+    """SIMULATED: a DCAP v4 quote signed by a TDX-shaped chain generated at install time.
+
+    ``measurement`` is the TD's MRTD (the manifest's ``measurement``); ``rtmrs``, when given,
+    are the four runtime registers it reports (zeros otherwise)."""
+
+    tee = "sim-tdx"
+
+    def __init__(
+        self, directory: Path, measurement: bytes, *, rtmrs: Sequence[bytes] | None = None
+    ) -> None:
+        self._signer = SimulatedTdxSigner.load(directory)
+        self._mrtd = measurement
+        self._rtmrs = None if rtmrs is None else tuple(rtmrs)
+        self._chain = self._signer.chain_pem().decode()
+
+    def evidence(self, report_data: bytes) -> tuple[bytes, str]:
+        quote = self._signer.sign(report_data=report_data, mrtd=self._mrtd, rtmrs=self._rtmrs)
+        return quote, self._chain
+
+
+def cpu_provider(kind: str, *, sim_dir: Path, measurement: bytes) -> CpuEvidenceProvider:
+    """The CPU evidence provider a gateway config's ``attestation`` value names."""
+    if kind == "simulated":
+        return SimulatedSnpProvider(sim_dir / "snp", measurement)
+    if kind == "configfs":
+        return ConfigfsSnpProvider()
+    if kind == "simulated-tdx":
+        return SimulatedTdxProvider(sim_dir / "tdx", measurement)
+    if kind == "configfs-tdx":
+        return ConfigfsTdxProvider()
+    raise OpenPCCError(f"unknown attestation provider {kind!r}")
 
 
 class SimulatedGpuProvider:

@@ -10,7 +10,12 @@ from typing import Any
 from attest.errors import ParseError
 from server.engines import EngineSpec
 
-__all__ = ["GatewayConfig", "load_config"]
+__all__ = ["ATTESTATION_PROVIDERS", "GatewayConfig", "load_config"]
+
+#: ``attestation`` values: SEV-SNP (``simulated``, ``configfs``) and Intel TDX (``*-tdx``).
+#: ``configfs*`` read real evidence through configfs-tsm; ``simulated*`` sign with the chain
+#: generated at install time under ``sim_dir`` (``snp/`` or ``tdx/``) and say SIMULATED.
+ATTESTATION_PROVIDERS = ("simulated", "configfs", "simulated-tdx", "configfs-tdx")
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +29,7 @@ class GatewayConfig:
     key_rotation_s: float = 3600.0
     key_overlap_s: float = 300.0
     replay_max_per_key: int = 100_000
-    attestation: str = "simulated"  # "simulated" | "configfs"
+    attestation: str = "simulated"  # one of ATTESTATION_PROVIDERS
     sim_dir: Path = Path()
     gpu: str = "simulated"  # "simulated" | "none" | "nvidia"
     gpu_count: int = 1
@@ -61,6 +66,11 @@ def load_config(path: Path) -> GatewayConfig:
         )
     if "args" in engine:
         engine["args"] = tuple(engine["args"])
+    if gw.get("attestation", "simulated") not in ATTESTATION_PROVIDERS:
+        raise ParseError(
+            f"gateway config {path}: attestation {gw['attestation']!r} is not one of "
+            f"{', '.join(ATTESTATION_PROVIDERS)}"
+        )
     try:
         return GatewayConfig(**gw, engine=EngineSpec(**engine))
     except TypeError as e:

@@ -8,6 +8,15 @@ from attest.nvgpu.abi import (
     parse_gpu_report,
 )
 from attest.nvgpu.collect import GpuEvidence, GpuEvidenceSource, NvmlGpuSource, SimulatedGpuSource
+from attest.nvgpu.rim import (
+    Rim,
+    RimMeasurement,
+    VerifiedRim,
+    check_rims,
+    load_rim,
+    pinned_rim_roots,
+    verify_rim,
+)
 from attest.nvgpu.sim import SimulatedGpu
 from attest.nvgpu.validate import GpuPolicy, validate_gpu
 from attest.nvgpu.verify import (
@@ -26,12 +35,19 @@ __all__ = [
     "NvmlGpuSource",
     "OpaqueData",
     "OpaqueFieldId",
+    "Rim",
+    "RimMeasurement",
     "SimulatedGpu",
     "SimulatedGpuSource",
     "VerifiedGpu",
+    "VerifiedRim",
+    "check_rims",
     "load_gpu_chain",
+    "load_rim",
     "parse_gpu_report",
     "pinned_nvidia_roots",
+    "pinned_rim_roots",
     "validate_gpu",
     "verify_gpu_report",
+    "verify_rim",
 ]

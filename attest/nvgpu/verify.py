@@ -8,14 +8,14 @@ Checks run in this order and the first failure raises :class:`VerificationError`
                    big-endian, by the leaf's key;
 ``gpu-fwid``       the leaf's FWID (extension 2.23.133.5.4.1) equals the report's opaque FWID;
 ``gpu-nonce``      the request nonce equals the one the caller asked for (constant time);
-``gpu-rim``        each active reference measurement in the operator's RIM files matches.
+then, when RIM files are given, the checks of :mod:`attest.nvgpu.rim`: each RIM's chain to a RIM
+root and its XML signature, its version against the report's driver / VBIOS version, coverage of
+every measurement index, and each active reference measurement.
 """
 
 from __future__ import annotations
 
 import hmac
-import itertools
-import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,7 +28,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from attest.errors import ParseError, VerificationError
+from attest.nvgpu._chain import verify_chain
 from attest.nvgpu.abi import SIGNATURE_SIZE, GpuReport
+from attest.nvgpu.rim import RimMeasurement, check_rims, parse_rim, verify_rim
 
 __all__ = [
     "FWID_EXTENSION_OID",
@@ -49,8 +51,6 @@ FWID_EXTENSION_OID = x509.ObjectIdentifier("2.23.133.5.4.1")
 SHA384_OID = "2.16.840.1.101.3.4.2.2"
 FWID_SIZE = 48
 ROOT_PEM = "nvidia_device_identity_ca.pem"
-# The RIM's hash attributes live in the XML-Enc SHA-384 namespace: Hash0, Hash1, ...
-RIM_HASH_NAMESPACE = "{http://www.w3.org/2001/04/xmlenc#sha384}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,17 +60,6 @@ class VerifiedGpu:
     report: GpuReport
     leaf: x509.Certificate
     checks: tuple[tuple[str, str], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class RimMeasurement:
-    """One reference value from a RIM: SPDM block ``index`` must equal one of ``values``."""
-
-    component: str
-    name: str
-    index: int
-    values: tuple[bytes, ...]
-    active: bool
 
 
 def load_gpu_chain(pem: bytes) -> list[x509.Certificate]:
@@ -86,83 +75,6 @@ def pinned_nvidia_roots() -> list[x509.Certificate]:
     """The NVIDIA Device Identity CA shipped in ``attest/roots`` (checked against nvtrust)."""
     data = resources.files("attest").joinpath("roots", ROOT_PEM).read_bytes()
     return x509.load_pem_x509_certificates(data)
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        return False
-    if not constraints.ca:
-        return False
-    try:
-        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        return True
-    return usage.key_cert_sign
-
-
-def _check_time(cert: x509.Certificate, now: datetime, check: str) -> None:
-    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-        raise VerificationError(
-            check,
-            f"{cert.subject.rfc4514_string()} is not valid at {now.isoformat()} "
-            f"({cert.not_valid_before_utc.isoformat()} .. {cert.not_valid_after_utc.isoformat()})",
-        )
-
-
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
-def verify_chain(
-    chain: Sequence[x509.Certificate],
-    roots: Sequence[x509.Certificate],
-    *,
-    now: datetime,
-    check: str,
-) -> x509.Certificate:
-    """Check ``chain`` (leaf first) links up to one of ``roots``; returns the root it reached.
-
-    Every link is a direct issuance (names and signature), every issuer is a CA allowed to sign
-    certificates, every certificate (and the root) is valid at ``now``. The chain may end in the
-    pinned root itself or in a certificate that root issued; a self-signed certificate that is not
-    pinned never anchors anything.
-    """
-    if not chain:
-        raise VerificationError(check, "certificate chain is empty")
-    if not roots:
-        raise VerificationError(check, "no pinned root certificates to verify against")
-    for cert in chain:
-        _check_time(cert, now, check)
-    for position, (cert, issuer) in enumerate(itertools.pairwise(chain)):
-        if not _issued_by(cert, issuer):
-            raise VerificationError(
-                check,
-                f"certificate {position} ({cert.subject.rfc4514_string()}) is not signed by "
-                f"the next one ({issuer.subject.rfc4514_string()})",
-            )
-        if not _is_ca(issuer):
-            raise VerificationError(
-                check, f"{issuer.subject.rfc4514_string()} is not a CA allowed to sign certificates"
-            )
-    last = chain[-1]
-    for root in roots:
-        if last == root:
-            return root
-    for root in roots:
-        if _issued_by(last, root) and _is_ca(root):
-            _check_time(root, now, check)
-            return root
-    raise VerificationError(
-        check,
-        f"chain ends in {last.subject.rfc4514_string()} "
-        f"(SHA-256 {last.fingerprint(hashes.SHA256()).hex()}), which no pinned root issued",
-    )
 
 
 def _der_items(data: bytes) -> list[tuple[int, bytes]]:
@@ -258,78 +170,6 @@ def _verify_signature(report: GpuReport, leaf: x509.Certificate) -> None:
         ) from exc
 
 
-def parse_rim(data: bytes, component: str) -> list[RimMeasurement]:
-    """Reference measurements of a NVIDIA RIM (SWID tag): ``Payload/Resource`` elements.
-
-    RIM indices are 0-based; SPDM block indices are 1-based, so RIM index i is block i + 1
-    (as nvtrust compares them). The RIM's own XML signature is not checked here.
-    """
-    try:
-        root = ET.fromstring(data)  # noqa: S314 - operator-supplied reference file, not network input
-    except ET.ParseError as exc:
-        raise ParseError(f"{component} RIM is not XML: {exc}") from exc
-    payload = next((el for el in root if el.tag.endswith("Payload")), None)
-    if payload is None:
-        raise ParseError(f"{component} RIM has no Payload")
-    out: list[RimMeasurement] = []
-    seen: set[int] = set()
-    for resource in payload:
-        attrs = resource.attrib
-        try:
-            index = int(attrs["index"])
-            alternatives = int(attrs.get("alternatives", "1"))
-            values = tuple(
-                bytes.fromhex(attrs[f"{RIM_HASH_NAMESPACE}Hash{i}"]) for i in range(alternatives)
-            )
-        except (KeyError, ValueError) as exc:
-            raise ParseError(f"{component} RIM resource is malformed: {exc}") from exc
-        if index in seen:
-            raise ParseError(f"{component} RIM lists index {index} twice")
-        seen.add(index)
-        out.append(
-            RimMeasurement(
-                component=component,
-                name=attrs.get("name", ""),
-                index=index + 1,
-                values=values,
-                active=attrs.get("active", "True") != "False",
-            )
-        )
-    if not out:
-        raise ParseError(f"{component} RIM has no measurements")
-    return out
-
-
-def _check_rims(report: GpuReport, rims: Mapping[str, bytes]) -> str:
-    golden: dict[int, RimMeasurement] = {}
-    for component, data in rims.items():
-        for ref in parse_rim(data, component):
-            if not ref.active:
-                continue
-            if ref.index in golden:
-                raise VerificationError(
-                    "gpu-rim",
-                    f"index {ref.index} is active in both {golden[ref.index].component} "
-                    f"and {component} RIMs",
-                )
-            golden[ref.index] = ref
-    runtime = report.measurements
-    mismatched: list[str] = []
-    for index in sorted(golden):
-        ref = golden[index]
-        value = runtime.get(index)
-        if value is None:
-            mismatched.append(f"index {index} ({ref.component}): missing from the report")
-        elif not any(hmac.compare_digest(value, alt) for alt in ref.values):
-            mismatched.append(
-                f"index {index} ({ref.component}): report {value.hex()}, "
-                f"RIM {' or '.join(v.hex() for v in ref.values)}"
-            )
-    if mismatched:
-        raise VerificationError("gpu-rim", "; ".join(mismatched))
-    return f"{len(golden)} active reference measurements match ({', '.join(sorted(rims))})"
-
-
 def verify_gpu_report(
     report: GpuReport,
     chain: Sequence[x509.Certificate],
@@ -338,10 +178,24 @@ def verify_gpu_report(
     roots: Sequence[x509.Certificate] | None = None,
     now: datetime | None = None,
     rims: Mapping[str, bytes] | None = None,
+    rim_roots: Sequence[x509.Certificate] | None = None,
 ) -> VerifiedGpu:
-    """Run every check in order; the first failure raises :class:`VerificationError`."""
+    """Run every check in order; the first failure raises :class:`VerificationError`.
+
+    ``rims`` maps a label (a file name) to a RIM file; the driver and the VBIOS RIM are both
+    needed. ``rim_roots`` replaces the pinned NVIDIA RIM signing root.
+    """
     checks: list[tuple[str, str]] = []
-    run_gpu_checks(report, chain, nonce=nonce, roots=roots, now=now, rims=rims, record=checks)
+    run_gpu_checks(
+        report,
+        chain,
+        nonce=nonce,
+        roots=roots,
+        now=now,
+        rims=rims,
+        record=checks,
+        rim_roots=rim_roots,
+    )
     return VerifiedGpu(report=report, leaf=chain[0], checks=tuple(checks))
 
 
@@ -354,6 +208,7 @@ def run_gpu_checks(
     now: datetime | None,
     rims: Mapping[str, bytes] | None,
     record: list[tuple[str, str]],
+    rim_roots: Sequence[x509.Certificate] | None = None,
 ) -> None:
     """The checks behind :func:`verify_gpu_report`, appending each pass to ``record``."""
     when = now if now is not None else datetime.now(UTC)
@@ -388,4 +243,15 @@ def run_gpu_checks(
             )
         record.append(("gpu-nonce", nonce.hex()))
     if rims:
-        record.append(("gpu-rim", _check_rims(report, rims)))
+        verified = []
+        for label, data in rims.items():
+            rim = verify_rim(data, label=label, roots=rim_roots, now=when)
+            verified.append(rim)
+            record.append(
+                (
+                    "gpu-rim-signature",
+                    f"{label}: {rim.rim.version}, signed by {rim.signer.subject.rfc4514_string()} "
+                    f"under {rim.root.subject.rfc4514_string()}",
+                )
+            )
+        record.extend(check_rims(report, verified))

@@ -1,8 +1,13 @@
-"""Policy for a verified TDX quote: debug bit, MRTD / RTMR / config allowlists, report data.
+"""Policy for a verified TDX quote: debug bit, MRTD / RTMR / config allowlists, report data,
+and the platform TCB status that collateral evaluation found.
 
 Policy is data: :class:`TdxPolicy` is frozen and built from a mapping or a TOML file; unknown
 keys, wrong types and an empty policy are :class:`ParseError`. :func:`validate_quote` collects
 every violation into one :class:`PolicyError`, each naming the field and both values.
+
+``accepted_tcb_statuses`` (default ``["UpToDate"]``) lists the Intel TCB statuses accepted when
+collateral was evaluated; ``"Revoked"`` can never be listed. ``require_collateral = true`` makes
+a quote whose collateral was not evaluated a violation.
 """
 
 from __future__ import annotations
@@ -16,12 +21,30 @@ from typing import Any
 
 from attest.errors import ParseError, PolicyError
 from attest.tdx.abi import MR_SIZE, Quote
+from attest.tdx.collateral import DEFAULT_ACCEPTED_TCB_STATUSES, TcbEvaluation, TcbStatus
 
 __all__ = ["TdxPolicy", "validate_quote"]
 
 REPORT_DATA_SIZE = 64
 _ALLOWLISTS = ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mrconfigid", "mrowner", "mrownerconfig")
-_KEYS = frozenset({"allow_debug", "report_data", *_ALLOWLISTS})
+_KEYS = frozenset(
+    {"allow_debug", "report_data", "accepted_tcb_statuses", "require_collateral", *_ALLOWLISTS}
+)
+
+
+def _statuses(value: Any) -> tuple[TcbStatus, ...]:
+    known = [s.value for s in TcbStatus if s is not TcbStatus.REVOKED]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ParseError("TDX policy accepted_tcb_statuses must be a non-empty list of strings")
+    if TcbStatus.REVOKED.value in value:
+        raise ParseError("TDX policy accepted_tcb_statuses cannot accept Revoked")
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise ParseError(
+            f"TDX policy accepted_tcb_statuses: unknown status {', '.join(unknown)}",
+            hint=f"Intel's statuses are {', '.join(known)}",
+        )
+    return tuple(dict.fromkeys(TcbStatus(v) for v in value))
 
 
 def _hex(name: str, value: Any, size: int) -> bytes:
@@ -39,7 +62,8 @@ def _hex(name: str, value: Any, size: int) -> bytes:
 @dataclass(frozen=True, slots=True)
 class TdxPolicy:
     """What a TDX quote must show. Empty allowlists are not checked; ``allow_debug`` is False
-    unless the policy says otherwise."""
+    unless the policy says otherwise; only UpToDate collateral is accepted unless
+    ``accepted_tcb_statuses`` says otherwise."""
 
     allow_debug: bool = False
     mrtd: tuple[bytes, ...] = ()
@@ -51,6 +75,8 @@ class TdxPolicy:
     mrowner: tuple[bytes, ...] = ()
     mrownerconfig: tuple[bytes, ...] = ()
     report_data: bytes | None = None
+    accepted_tcb_statuses: tuple[TcbStatus, ...] = DEFAULT_ACCEPTED_TCB_STATUSES
+    require_collateral: bool = False
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> TdxPolicy:
@@ -62,6 +88,14 @@ class TdxPolicy:
         allow_debug = data.get("allow_debug", False)
         if not isinstance(allow_debug, bool):
             raise ParseError("TDX policy allow_debug must be true or false")
+        require_collateral = data.get("require_collateral", False)
+        if not isinstance(require_collateral, bool):
+            raise ParseError("TDX policy require_collateral must be true or false")
+        accepted = (
+            _statuses(data["accepted_tcb_statuses"])
+            if "accepted_tcb_statuses" in data
+            else DEFAULT_ACCEPTED_TCB_STATUSES
+        )
         lists: dict[str, tuple[bytes, ...]] = {}
         for name in _ALLOWLISTS:
             if name not in data:
@@ -75,7 +109,13 @@ class TdxPolicy:
             if "report_data" in data
             else None
         )
-        return cls(allow_debug=allow_debug, report_data=report_data, **lists)
+        return cls(
+            allow_debug=allow_debug,
+            report_data=report_data,
+            accepted_tcb_statuses=accepted,
+            require_collateral=require_collateral,
+            **lists,
+        )
 
     @classmethod
     def from_toml(cls, path: Path) -> TdxPolicy:
@@ -86,8 +126,13 @@ class TdxPolicy:
         return cls.from_mapping(data)
 
 
-def validate_quote(quote: Quote, policy: TdxPolicy) -> list[tuple[str, str]]:
-    """Checks that passed, as (name, detail); PolicyError lists every failure."""
+def validate_quote(
+    quote: Quote, policy: TdxPolicy, *, tcb: TcbEvaluation | None = None
+) -> list[tuple[str, str]]:
+    """Checks that passed, as (name, detail); PolicyError lists every failure.
+
+    ``tcb`` is the collateral evaluation (``VerifiedQuote.tcb``), when there was one.
+    """
     body = quote.body
     passed: list[tuple[str, str]] = []
     violations: list[str] = []
@@ -125,6 +170,17 @@ def validate_quote(quote: Quote, policy: TdxPolicy) -> list[tuple[str, str]]:
             violations.append(
                 f"report_data: quote {body.report_data.hex()}, policy {policy.report_data.hex()}"
             )
+    accepted = ", ".join(policy.accepted_tcb_statuses)
+    if tcb is None:
+        if policy.require_collateral:
+            violations.append(
+                f"tcb_status: no collateral was evaluated, policy requires one of {accepted}"
+            )
+    elif tcb.status in policy.accepted_tcb_statuses:
+        passed.append(("tdx-tcb-status", f"{tcb.status} accepted"))
+    else:
+        ids = f" (advisories {', '.join(tcb.advisory_ids)})" if tcb.advisory_ids else ""
+        violations.append(f"tcb_status: platform {tcb.status}{ids}, policy accepts {accepted}")
     if violations:
         raise PolicyError(violations, check="tdx-policy")
     return passed

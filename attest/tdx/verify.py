@@ -7,15 +7,17 @@ Checks, in order; the first failure raises :class:`VerificationError` naming it:
 ``tdx-qe-report-signature``  the QE report is signed by the PCK key (ECDSA P-256 / SHA-256);
 ``tdx-qe-report-data``       QE REPORTDATA = SHA-256(attestation key || QE auth data) || 32 zeros;
 ``tdx-quote-signature``      header and body are signed by the attestation key;
-``tdx-collateral``           TCB info / QE identity evaluation: not implemented, so passing
-                             collateral fails closed rather than being ignored.
+then, when collateral is given, the checks of :func:`attest.tdx.collateral.evaluate_collateral`
+(TCB signing chain, document signatures and validity, FMSPC, TDX module and QE identity, TCB
+level, never Revoked) and ``tdx-tcb-status``: the status is one the caller accepts (default
+UpToDate only, so a caller that never applies a policy still fails closed).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -29,6 +31,14 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from attest.errors import VerificationError
 from attest.nvgpu.verify import verify_chain
 from attest.tdx.abi import ECDSA_SIGNATURE_SIZE, Quote
+from attest.tdx.collateral import (
+    DEFAULT_ACCEPTED_TCB_STATUSES,
+    TcbEvaluation,
+    TcbStatus,
+    TdxCollateral,
+    check_tcb_status,
+    evaluate_collateral,
+)
 
 __all__ = [
     "INTEL_ROOT_SUBJECT_CN",
@@ -44,21 +54,14 @@ QE_REPORT_DATA_HASH_SIZE = 32
 
 
 @dataclass(frozen=True, slots=True)
-class TdxCollateral:
-    """Operator-supplied DCAP collateral files (TCB info, QE identity, their issuer chain)."""
-
-    tcb_info: bytes
-    qe_identity: bytes
-    issuer_chain_pem: bytes
-
-
-@dataclass(frozen=True, slots=True)
 class VerifiedQuote:
-    """A quote whose signature chain verified to a pinned Intel root."""
+    """A quote whose signature chain verified to a pinned Intel root; ``tcb`` is the collateral
+    evaluation when collateral was given."""
 
     quote: Quote
     pck_certificate: x509.Certificate
     checks: tuple[tuple[str, str], ...]
+    tcb: TcbEvaluation | None = None
 
 
 def pinned_intel_roots() -> list[x509.Certificate]:
@@ -97,11 +100,37 @@ def verify_quote(
     roots: Sequence[x509.Certificate] | None = None,
     now: datetime | None = None,
     collateral: TdxCollateral | None = None,
+    collateral_roots: Sequence[x509.Certificate] | None = None,
+    accepted_tcb_statuses: Collection[TcbStatus | str] = DEFAULT_ACCEPTED_TCB_STATUSES,
 ) -> VerifiedQuote:
-    """Run every check in order; the first failure raises :class:`VerificationError`."""
+    """Run every check in order; the first failure raises :class:`VerificationError` (or
+    :class:`PolicyError` ``tdx-tcb-status`` for a genuine but unaccepted TCB status).
+
+    ``collateral_roots`` replaces the pinned Intel root for the collateral's signing chain only
+    (tests sign collateral with their own root; real collateral chains to Intel's).
+    """
     checks: list[tuple[str, str]] = []
-    pck = run_quote_checks(quote, roots=roots, now=now, collateral=collateral, record=checks)
-    return VerifiedQuote(quote=quote, pck_certificate=pck, checks=tuple(checks))
+    pck = run_quote_checks(quote, roots=roots, now=now, collateral=None, record=checks)
+    tcb = None
+    if collateral is not None:
+        tcb = _run_collateral(
+            quote, pck, collateral, collateral_roots, now, accepted_tcb_statuses, checks
+        )
+    return VerifiedQuote(quote=quote, pck_certificate=pck, checks=tuple(checks), tcb=tcb)
+
+
+def _run_collateral(
+    quote: Quote,
+    pck: x509.Certificate,
+    collateral: TdxCollateral,
+    roots: Sequence[x509.Certificate] | None,
+    now: datetime | None,
+    accepted: Collection[TcbStatus | str],
+    record: list[tuple[str, str]],
+) -> TcbEvaluation:
+    tcb = evaluate_collateral(quote, pck, collateral, roots=roots, now=now, record=record)
+    record.append(check_tcb_status(tcb, accepted))
+    return tcb
 
 
 def run_quote_checks(
@@ -111,6 +140,8 @@ def run_quote_checks(
     now: datetime | None,
     collateral: TdxCollateral | None,
     record: list[tuple[str, str]],
+    collateral_roots: Sequence[x509.Certificate] | None = None,
+    accepted_tcb_statuses: Collection[TcbStatus | str] = DEFAULT_ACCEPTED_TCB_STATUSES,
 ) -> x509.Certificate:
     """The checks behind :func:`verify_quote`, appending each pass to ``record``."""
     when = now if now is not None else datetime.now(UTC)
@@ -153,8 +184,7 @@ def run_quote_checks(
     record.append(("tdx-quote-signature", f"ECDSA P-256 over {len(quote.signed_bytes)} bytes"))
 
     if collateral is not None:
-        raise VerificationError(
-            "tdx-collateral",
-            "TCB info / QE identity evaluation is not implemented; refusing to ignore collateral",
+        _run_collateral(
+            quote, pck, collateral, collateral_roots, now, accepted_tcb_statuses, record
         )
     return pck

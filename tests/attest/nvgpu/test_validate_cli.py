@@ -81,7 +81,16 @@ def test_cli_ok_json(app: typer.Typer, vectors: Path) -> None:
     doc = json.loads(result.output)
     assert doc["ok"] is True
     names = [c["name"] for c in doc["checks"]]
-    assert names == ["gpu-parse", "gpu-chain", "gpu-signature", "gpu-fwid", "gpu-nonce", "gpu-cc"]
+    assert names == [
+        "gpu-parse",
+        "gpu-chain",
+        "gpu-signature",
+        "gpu-fwid",
+        "gpu-nonce",
+        "gpu-rim",
+        "gpu-cc",
+    ]
+    assert doc["checks"][5]["detail"] == "skipped: no --rim, measurements not compared"
     assert doc["report"]["opaque"]["vbios_version"] == "96.00.9f.00.01"
 
 

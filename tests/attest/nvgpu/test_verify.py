@@ -21,9 +21,10 @@ from attest.nvgpu import (
 from attest.nvgpu.abi import REQUEST_SIZE, RSP_RECORD, OpaqueFieldId
 from attest.nvgpu.sim import build_evidence, measurement_block, opaque_item
 
+from .fake_rim import FakeRimSigner, rim_pair, unsigned_rim
+
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
 NONCE = bytes.fromhex("931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb")
-RIM_NS = "http://www.w3.org/2001/04/xmlenc#sha384"
 
 
 @pytest.fixture(scope="module")
@@ -42,20 +43,13 @@ def chain(vectors: Path) -> list[x509.Certificate]:
 
 
 @pytest.fixture(scope="module")
+def rim_signer() -> FakeRimSigner:
+    return FakeRimSigner.generate()
+
+
+@pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> SimulatedGpu:
     return SimulatedGpu.generate(tmp_path_factory.mktemp("simgpu"))
-
-
-def _rim(measurements: dict[int, bytes]) -> bytes:
-    resources = "".join(
-        f'<Resource type="Measurement" index="{i - 1}" active="True" alternatives="1" '
-        f'name="m{i}" size="48" ns:Hash0="{v.hex()}"/>'
-        for i, v in measurements.items()
-    )
-    return (
-        f'<SoftwareIdentity xmlns="http://standards.iso.org/iso/19770/-2/2015/schema.xsd" '
-        f'xmlns:ns="{RIM_NS}"><Payload>{resources}</Payload></SoftwareIdentity>'
-    ).encode()
 
 
 def test_pinned_root_is_the_chain_root(chain: list[x509.Certificate]) -> None:
@@ -75,13 +69,35 @@ def test_real_report_verifies(report: GpuReport, chain: list[x509.Certificate]) 
     assert verified.report is report
 
 
+def _signed_rims(
+    report: GpuReport, signer: FakeRimSigner, change: dict[int, bytes] | None = None
+) -> dict[str, bytes]:
+    driver, vbios = rim_pair(report, change=change)
+    return {
+        "driver": signer.sign(unsigned_rim(report.opaque.driver_version, driver)),
+        "vbios": signer.sign(unsigned_rim(report.opaque.vbios_version, vbios)),
+    }
+
+
 def test_real_report_verifies_with_matching_rims(
-    report: GpuReport, chain: list[x509.Certificate]
+    report: GpuReport, chain: list[x509.Certificate], rim_signer: FakeRimSigner
 ) -> None:
-    m = report.measurements
-    rims = {"driver": _rim({i: m[i] for i in range(1, 10)}), "vbios": _rim({10: m[10]})}
-    verified = verify_gpu_report(report, chain, nonce=NONCE, now=NOW, rims=rims)
+    rims = _signed_rims(report, rim_signer)
+    verified = verify_gpu_report(
+        report, chain, nonce=NONCE, now=NOW, rims=rims, rim_roots=[rim_signer.root]
+    )
     assert verified.checks[-1][0] == "gpu-rim"
+
+
+def test_unsigned_rims_are_refused(report: GpuReport, chain: list[x509.Certificate]) -> None:
+    driver, vbios = rim_pair(report)
+    rims = {
+        "driver": unsigned_rim(report.opaque.driver_version, driver),
+        "vbios": unsigned_rim(report.opaque.vbios_version, vbios),
+    }
+    with pytest.raises(VerificationError, match="carries no signing certificate") as err:
+        verify_gpu_report(report, chain, nonce=NONCE, now=NOW, rims=rims)
+    assert err.value.check == "gpu-rim-chain"
 
 
 def _block_value_offset(report: GpuReport, index: int) -> int:
@@ -112,12 +128,12 @@ def test_each_measurement_mutation_breaks_the_signature(
 
 @pytest.mark.parametrize("index", [1, 2, 12, 41, 64])
 def test_each_measurement_against_rim(
-    report: GpuReport, chain: list[x509.Certificate], index: int
+    report: GpuReport, chain: list[x509.Certificate], rim_signer: FakeRimSigner, index: int
 ) -> None:
-    wrong = hashlib.sha384(b"not it").digest()
-    with pytest.raises(VerificationError, match=f"index {index} ") as err:
+    rims = _signed_rims(report, rim_signer, change={index: hashlib.sha384(b"not it").digest()})
+    with pytest.raises(VerificationError, match=f"^gpu-rim: block {index} ") as err:
         verify_gpu_report(
-            report, chain, nonce=NONCE, now=NOW, rims={"driver": _rim({index: wrong})}
+            report, chain, nonce=NONCE, now=NOW, rims=rims, rim_roots=[rim_signer.root]
         )
     assert err.value.check == "gpu-rim"
 

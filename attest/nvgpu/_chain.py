@@ -1,0 +1,96 @@
+"""Certificate chains up to a pinned root, as every verifier here checks them (private).
+
+One function, :func:`verify_chain`, shared by the GPU report, RIM and TDX verifiers; it is
+public as ``attest.nvgpu.verify.verify_chain``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from datetime import datetime
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+
+from attest.errors import VerificationError
+
+__all__ = ["verify_chain"]
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return False
+    if not constraints.ca:
+        return False
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return True
+    return usage.key_cert_sign
+
+
+def _check_time(cert: x509.Certificate, now: datetime, check: str) -> None:
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        raise VerificationError(
+            check,
+            f"{cert.subject.rfc4514_string()} is not valid at {now.isoformat()} "
+            f"({cert.not_valid_before_utc.isoformat()} .. {cert.not_valid_after_utc.isoformat()})",
+        )
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def verify_chain(
+    chain: Sequence[x509.Certificate],
+    roots: Sequence[x509.Certificate],
+    *,
+    now: datetime,
+    check: str,
+) -> x509.Certificate:
+    """Check ``chain`` (leaf first) links up to one of ``roots``; returns the root it reached.
+
+    Every link is a direct issuance (names and signature), every issuer is a CA allowed to sign
+    certificates, every certificate (and the root) is valid at ``now``. The chain may end in the
+    pinned root itself or in a certificate that root issued; a self-signed certificate that is not
+    pinned never anchors anything.
+    """
+    if not chain:
+        raise VerificationError(check, "certificate chain is empty")
+    if not roots:
+        raise VerificationError(check, "no pinned root certificates to verify against")
+    for cert in chain:
+        _check_time(cert, now, check)
+    for position, (cert, issuer) in enumerate(itertools.pairwise(chain)):
+        if not _issued_by(cert, issuer):
+            raise VerificationError(
+                check,
+                f"certificate {position} ({cert.subject.rfc4514_string()}) is not signed by "
+                f"the next one ({issuer.subject.rfc4514_string()})",
+            )
+        if not _is_ca(issuer):
+            raise VerificationError(
+                check, f"{issuer.subject.rfc4514_string()} is not a CA allowed to sign certificates"
+            )
+    last = chain[-1]
+    for root in roots:
+        if last == root:
+            return root
+    for root in roots:
+        if _issued_by(last, root) and _is_ca(root):
+            _check_time(root, now, check)
+            return root
+    raise VerificationError(
+        check,
+        f"chain ends in {last.subject.rfc4514_string()} "
+        f"(SHA-256 {last.fingerprint(hashes.SHA256()).hex()}), which no pinned root issued",
+    )
