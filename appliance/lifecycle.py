@@ -3,7 +3,8 @@
 On a host without a TEE everything here drives the SIMULATED appliance: the gateway and its
 engine run as supervised local processes, and the gateway's evidence is signed by a chain
 generated at provisioning time. `up` declares success only after verifying the running
-appliance's attestation exactly as a client would.
+appliance's attestation exactly as a client would. `up --vm` (``appliance/vm.py``) runs the
+sealed image in an emulated VM instead of local processes.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from attest.sevsnp.sim import SimulatedSnpSigner
 from attest.sevsnp.validate import SnpPolicy
 from attest.sevsnp.verify import pinned_roots
 from attest.tlog import VerifierKey
+from cvm_boot.image.run import vm_pid
 from cvm_boot.manifest import build_manifest
 from cvm_boot.measure import expected_measurement
 from cvm_boot.recipe import load_recipe
@@ -39,6 +41,7 @@ from cvm_boot.tlog import TransparencyLog
 __all__ = [
     "ProvisionResult",
     "down",
+    "gateway_pid",
     "gateway_status",
     "provision_simulated",
     "self_verify",
@@ -133,6 +136,11 @@ def _pid(paths: StatePaths) -> int | None:
     except PermissionError:
         return pid
     return pid
+
+
+def gateway_pid(paths: StatePaths) -> int | None:
+    """The local gateway's pid while it runs (local-process mode)."""
+    return _pid(paths)
 
 
 def up(
@@ -238,7 +246,12 @@ def _reap(pid: int) -> None:
 
 def gateway_status(paths: StatePaths) -> dict[str, object]:
     """What `status` shows: read from the public endpoints only, plus our own records."""
-    out: dict[str, object] = {"state": "not-provisioned", "mode": None, "gateway_url": None}
+    out: dict[str, object] = {
+        "state": "not-provisioned",
+        "mode": None,
+        "gateway_url": None,
+        "vm": False,
+    }
     try:
         record = ApplianceRecord.load(paths.record)
     except OpenPCCError:
@@ -246,7 +259,11 @@ def gateway_status(paths: StatePaths) -> dict[str, object]:
     out.update(mode=record.mode, gateway_url=record.gateway_url, engine=record.engine)
     vkey = paths.log / "log.vkey"
     out["log_vkey"] = vkey.read_text().strip() if vkey.exists() else None
-    pid = _pid(paths)
+    # `up --vm`: the sealed image in an emulated VM; pid is QEMU's.
+    out["vm"] = record.vm
+    if record.vm:
+        out.update(vm_accel=record.vm_accel, vm_image=record.vm_image)
+    pid = vm_pid(paths.vm) if record.vm else _pid(paths)
     out["pid"] = pid
     try:
         r = httpx.get(record.gateway_url + "/healthz", timeout=3.0)

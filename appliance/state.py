@@ -9,6 +9,8 @@
     sim/                  SIMULATION ONLY: generated signing chains and trust-simulated.pem
     run/gateway.pid       the running gateway's process id
     logs/                 gateway.log and engine.log: lifecycle lines only, never content
+    vm/                   SIMULATION ONLY, `up --vm`: provision/ (the VM's provisioning disk),
+                          vm.pid, vm-serial.log (the VM's console), vm-qemu.log
 
 Nothing here is secret except the simulation signing keys and the log key, both 0600. The
 gateway's OHTTP private keys never touch this directory: they live in the gateway's memory.
@@ -78,6 +80,10 @@ class StatePaths:
     def logs(self) -> Path:
         return self.root / "logs"
 
+    @property
+    def vm(self) -> Path:
+        return self.root / "vm"
+
 
 @dataclass(frozen=True, slots=True)
 class ApplianceRecord:
@@ -85,6 +91,12 @@ class ApplianceRecord:
     gateway_url: str
     engine: str
     port: int
+    # Where the simulated appliance runs: local processes (False) or the sealed image in an
+    # emulated VM (`up --vm`). Defaults keep records written before these fields loadable.
+    vm: bool = False
+    vm_image: str | None = None  # the built image's directory, in the image cache
+    vm_recipe: str | None = None  # the image recipe it was built from
+    vm_accel: str | None = None  # "tcg" | "kvm"
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

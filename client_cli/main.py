@@ -284,13 +284,21 @@ def relay(
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
         raise _fail(OpenPCCError(f"--listen {listen!r} is not HOST:PORT"))
-    run_relay(gateway, host.strip("[]"), int(port))
+    try:
+        run_relay(gateway, host.strip("[]"), int(port))
+    except OpenPCCError as e:
+        raise _fail(e) from e
 
 
 @app.command()
 def trust(
-    simulated: Path | None = typer.Option(
-        None, "--simulated", help="trust this SIMULATION root PEM (development only)"
+    simulated: list[Path] | None = typer.Option(
+        None,
+        "--simulated",
+        help="trust the SIMULATION root(s) in this PEM (development only); repeatable, and "
+        "together they replace what was trusted before. A root named CN=Intel SGX Root CA "
+        "anchors simulated TDX quotes (sim-tdx) only; any other root anchors simulated SEV-SNP "
+        "reports and simulated GPU evidence",
     ),
     untrust_simulated: bool = typer.Option(
         False, "--untrust-simulated", help="stop trusting simulation roots"
@@ -303,8 +311,8 @@ def trust(
     """Show or change what this client trusts (pinned vendor roots come from the package)."""
     store = TrustStore.default()
     try:
-        if simulated is not None:
-            certs = store.trust_simulation(simulated.read_bytes())
+        if simulated:
+            certs = store.trust_simulation(b"\n".join(p.read_bytes() for p in simulated))
             err.print(
                 f"[bold red]Now trusting {len(certs)} SIMULATION root(s).[/] Evidence "
                 "signed by them proves nothing about hardware: a node that shows it is "
@@ -323,9 +331,13 @@ def trust(
     info = {
         "directory": str(store.directory),
         "amd_roots": len(anchors.amd_roots),
+        "intel_roots": len(anchors.intel_roots),
         "nvidia_roots": len(anchors.nvidia_roots),
         "log_keys": [k.encode() for k in anchors.log_keys],
-        "simulation_roots": [c.subject.rfc4514_string() for c in anchors.simulation_snp_roots],
+        "simulation_roots": [
+            c.subject.rfc4514_string()
+            for c in (*anchors.simulation_snp_roots, *anchors.simulation_tdx_roots)
+        ],
         "policy": str(store.policy_path) if store.policy_path.exists() else None,
     }
     if json_out:

@@ -37,14 +37,30 @@ class Provisioned:
     manifest: Path
 
 
-def provision_simulated(build_dir: Path, into: Path, *, epoch: int = 0) -> Provisioned:
-    """Create (or reuse) simulated evidence keys and a log holding the build's manifest."""
+def provision_simulated(
+    build_dir: Path,
+    into: Path,
+    *,
+    epoch: int = 0,
+    sim_dir: Path | None = None,
+    log_dir: Path | None = None,
+) -> Provisioned:
+    """Create (or reuse) simulated evidence keys and a log holding the build's manifest.
+
+    By default both live under ``into/state``. ``openpcc-appliance up --vm`` passes the host
+    appliance's own ``sim_dir`` and ``log_dir`` instead, so the VM and the local-process
+    appliance share one simulation root and one log (one origin, one key): a client that trusts
+    one trusts the other, and its stored checkpoint stays consistent across both.
+    """
     manifest = json.loads((build_dir / "manifest.json").read_text())
     if not str(manifest.get("tee", "")).startswith("sim-"):
         raise ParseError("only a simulated-TEE image is provisioned with simulated evidence")
     state = into / "state"
-    (state / "sim").mkdir(parents=True, exist_ok=True, mode=0o700)
-    snp_dir, gpu_dir = state / "sim/snp", state / "sim/gpu"
+    sim_dir = sim_dir or state / "sim"
+    log_dir = log_dir or state / "log"
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    sim_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    snp_dir, gpu_dir = sim_dir / "snp", sim_dir / "gpu"
     snp = (
         SimulatedSnpSigner.load(snp_dir)
         if snp_dir.exists()
@@ -58,13 +74,18 @@ def provision_simulated(build_dir: Path, into: Path, *, epoch: int = 0) -> Provi
     )
     data = canonical_json(manifest)
     (state / "manifest.json").write_bytes(data + b"\n")
-    log = TransparencyLog.open(state / "log")
+    log = TransparencyLog.open(log_dir)
     index = log.find(data)
     if index is None:
         index = log.append(data)
+    # What the VM finds at /run/openpcc/provision (the sealed gateway.toml names these paths).
     tree = into / "tree"
     shutil.rmtree(tree, ignore_errors=True)
-    shutil.copytree(state, tree)
+    tree.mkdir(mode=0o700)
+    shutil.copytree(snp_dir, tree / "sim" / "snp")
+    shutil.copytree(gpu_dir, tree / "sim" / "gpu")
+    shutil.copytree(log_dir, tree / "log")
+    shutil.copyfile(state / "manifest.json", tree / "manifest.json")
     _normalize(tree, epoch)
     _squashfs(tree, into / "provision.img", epoch)
     shutil.rmtree(tree)

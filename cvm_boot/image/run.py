@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -21,9 +22,32 @@ from pathlib import Path
 from attest.errors import ParseError
 from cvm_boot.recipe import ROOT_SERIAL, WEIGHTS_SERIAL, load_recipe
 
-__all__ = ["PROVISION_SERIAL", "EmulatedVm", "kvm_usable", "start_vm", "stop_vm", "vm_command"]
+__all__ = [
+    "HOST_TOOLS",
+    "PROVISION_SERIAL",
+    "EmulatedVm",
+    "kvm_usable",
+    "missing_tools",
+    "start_vm",
+    "stop_vm",
+    "vm_command",
+    "vm_pid",
+]
 
 PROVISION_SERIAL = "openpcc-provision"
+HOST_TOOLS = {
+    "qemu-system-x86_64": "qemu-system-x86",
+    "apt-get": "apt",
+    "dpkg-deb": "dpkg",
+    "mksquashfs": "squashfs-tools",
+    "veritysetup": "cryptsetup-bin",
+}
+"""What building, provisioning and booting an image need on the host: program -> Debian package."""
+
+
+def missing_tools() -> list[str]:
+    """``"program (package)"`` for each of :data:`HOST_TOOLS` not on ``PATH``."""
+    return [f"{tool} ({pkg})" for tool, pkg in HOST_TOOLS.items() if shutil.which(tool) is None]
 
 
 def kvm_usable() -> bool:
@@ -38,13 +62,18 @@ def vm_command(
     host_port: int,
     serial_log: Path,
     pid_file: Path | None = None,
-    memory_mib: int = 1024,
-    vcpus: int = 2,
+    memory_mib: int | None = None,
+    vcpus: int | None = None,
     accel: str | None = None,
     qemu_binary: str = "qemu-system-x86_64",
 ) -> list[str]:
-    """The QEMU argv that boots ``build_dir``'s image with the gateway on ``host_port``."""
+    """The QEMU argv that boots ``build_dir``'s image with the gateway on ``host_port``.
+
+    vCPUs and memory default to the release recipe's (the vCPU count is measured).
+    """
     recipe = load_recipe(build_dir / "release.toml")
+    vcpus = vcpus or recipe.vcpus
+    memory_mib = memory_mib or recipe.memory_mib
     if not 1 <= host_port <= 65535:
         raise ParseError(f"port {host_port} is out of range")
     accel = accel or "tcg"
@@ -124,8 +153,8 @@ def start_vm(
     *,
     host_port: int,
     state_dir: Path,
-    memory_mib: int = 1024,
-    vcpus: int = 2,
+    memory_mib: int | None = None,
+    vcpus: int | None = None,
     accel: str | None = None,
 ) -> EmulatedVm:
     """Start the VM in the background; its pid goes to ``state_dir/vm.pid``."""
@@ -158,14 +187,35 @@ def start_vm(
     return EmulatedVm(proc.pid, f"http://127.0.0.1:{host_port}", serial_log, accel)
 
 
+def vm_pid(state_dir: Path) -> int | None:
+    """The pid of the VM ``state_dir/vm.pid`` names, or None when it is not running.
+
+    A pid file left behind by a VM that is gone, whose pid now belongs to another program,
+    is not a running VM: where ``/proc`` says what the pid runs, it must be QEMU.
+    """
+    try:
+        pid = int((state_dir / "vm.pid").read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return None  # our own child (an in-process caller), exited: now reaped
+    if not _alive(pid):
+        return None
+    try:
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0]
+    except OSError:
+        return pid  # no /proc: trust the pid file
+    return pid if b"qemu" in os.path.basename(argv0) else None
+
+
 def stop_vm(state_dir: Path, *, timeout: float = 10.0) -> bool:
     """Stop the VM whose pid ``state_dir/vm.pid`` names; True when one was running."""
+    pid = vm_pid(state_dir)
     pid_file = state_dir / "vm.pid"
-    try:
-        pid = int(pid_file.read_text().strip())
-    except (FileNotFoundError, ValueError):
+    if pid is None:
+        pid_file.unlink(missing_ok=True)
         return False
-    running = True
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
@@ -183,14 +233,19 @@ def stop_vm(state_dir: Path, *, timeout: float = 10.0) -> bool:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
     pid_file.unlink(missing_ok=True)
-    return running
+    return True
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs; a zombie nobody reaps yet (a container's PID 1 may not) is gone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return True
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z"

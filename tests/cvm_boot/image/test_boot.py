@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -26,24 +25,13 @@ from attest.tlog import VerifierKey
 from client_cli.session import Session
 from cvm_boot.image.build import BuildResult, build_image
 from cvm_boot.image.provision import Provisioned, provision_simulated
-from cvm_boot.image.run import EmulatedVm, start_vm, stop_vm
+from cvm_boot.image.run import EmulatedVm, missing_tools, start_vm, stop_vm
 from cvm_boot.image.spec import load_image_recipe
 
 pytestmark = pytest.mark.slow
 
 HERE = Path(__file__).resolve().parent
-TOOLS = {
-    "qemu-system-x86_64": "qemu-system-x86",
-    "apt-get": "apt",
-    "dpkg-deb": "dpkg",
-    "mksquashfs": "squashfs-tools",
-    "veritysetup": "cryptsetup-bin",
-}
 BOOT_TIMEOUT_S = 240.0
-
-
-def _missing_tools() -> list[str]:
-    return [f"{tool} ({pkg})" for tool, pkg in TOOLS.items() if shutil.which(tool) is None]
 
 
 def _free_port() -> int:
@@ -54,7 +42,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def built() -> BuildResult:
-    missing = _missing_tools()
+    missing = missing_tools()
     if missing:
         pytest.skip("image build/boot needs " + ", ".join(missing) + "; install.sh --dev adds them")
     return build_image(load_image_recipe(HERE / "image-test.toml"))
