@@ -15,7 +15,8 @@ check               SEV-SNP (``sev-snp``, ``sim-*``)     Intel TDX (``tdx``, ``s
 3 cert-chain        VCEK/VLEK -> ASK/ASVK -> pinned ARK  PCK -> Platform CA -> pinned Intel SGX
                                                          Root CA (the chain inside the quote)
 4 tcb-consistency   cert TCB = REPORTED_TCB, chip id     the QE report, signed by the PCK key,
-                                                         binds the attestation key
+                                                         binds the attestation key; with
+                                                         collateral, the platform's TCB level
 5 policy            :class:`SnpPolicy`                   :class:`TdxPolicy`: DEBUG always
                                                          forbidden, optional allowlists
 6a measurement      MEASUREMENT = manifest               MRTD = manifest ``measurement``, and
@@ -29,9 +30,27 @@ covers the TD's initial memory, i.e. the firmware only; the kernel, initrd and c
 extended into RTMR1-2 at boot. A manifest ``tdx`` table may pin ``rtmr0``..``rtmr3``,
 ``mrconfigid``, ``mrowner``, ``mrownerconfig``; each one present must equal the quote's, and any
 other key there is refused rather than ignored. Where no RTMR is pinned the check's detail says so:
-the kernel and command line are then not bound by the quote. TDX TCB levels are not evaluated here
-(no DCAP collateral), and the bundle's ``certs`` is informational for TDX: the chain verified is
-the one the quote itself carries.
+the kernel and command line are then not bound by the quote. The bundle's ``certs`` is
+informational for TDX: the chain verified is the one the quote itself carries.
+
+Reference values. Two vendor-signed inputs the client supplies tighten checks 4, 5 and 8 when the
+policy carries them, and change nothing when it does not:
+
+- ``ClientPolicy.tdx_collateral``, Intel PCS collateral (TCB info, QE identity, their signing
+  chain). Check 4 evaluates the platform's TCB level with it (:func:`evaluate_collateral`; a
+  Revoked TCB always fails) and its detail gives the status and advisory IDs; check 5 applies
+  ``TdxPolicy.accepted_tcb_statuses``. Without collateral the TCB level is not evaluated (the
+  detail says so), and ``require_collateral`` makes that a check-5 failure.
+- ``ClientPolicy.gpu_rims``, NVIDIA RIMs. Check 8 compares each GPU's measurements with the RIMs
+  whose version is that GPU's driver or VBIOS version (:func:`check_rims`).
+
+They sit in :class:`ClientPolicy`, not :class:`TrustAnchors`, because they are what the operator
+chose to compare against, change with every TCB recovery and driver release, and can only narrow
+what is accepted: neither admits evidence that did not already chain to a trusted root. What they
+are signed by stays anchored: the collateral's TCB signing chain must reach the same roots as the
+quote's PCK chain (``intel_roots``; ``simulation_tdx_roots`` for ``sim-tdx``), and each
+:class:`VerifiedRim` was verified, when it was loaded, to the pinned NVIDIA RIM root (or the root
+its loader was told to use); its certificates must still be valid at ``now``.
 """
 
 from __future__ import annotations
@@ -48,11 +67,19 @@ from cryptography import x509
 
 from attest import binding, tlog
 from attest.errors import OpenPCCError, ParseError, PolicyError, VerificationError
-from attest.nvgpu import load_gpu_chain, parse_gpu_report, verify_gpu_report
+from attest.nvgpu import (
+    GpuReport,
+    VerifiedRim,
+    check_rims,
+    load_gpu_chain,
+    parse_gpu_report,
+    verify_gpu_report,
+)
 from attest.sevsnp.abi import Report, parse_report
 from attest.sevsnp.validate import SnpPolicy, validate_report
 from attest.sevsnp.verify import load_certificates, verify_report
 from attest.tdx.abi import MR_SIZE, Quote, parse_quote
+from attest.tdx.collateral import TcbEvaluation, TdxCollateral, evaluate_collateral
 from attest.tdx.validate import TdxPolicy, validate_quote
 from attest.tdx.verify import verify_quote
 from server.ohttp import KeyConfig
@@ -159,12 +186,18 @@ class TrustAnchors:
 
 @dataclass(frozen=True, slots=True)
 class ClientPolicy:
-    """``tdx`` applies to TDX nodes (``None``: the floor, debug off); ``snp`` to SEV-SNP nodes."""
+    """``tdx`` applies to TDX nodes (``None``: the floor, debug off); ``snp`` to SEV-SNP nodes.
+
+    ``tdx_collateral`` and ``gpu_rims`` are reference values (see the module docstring): Intel
+    collateral evaluated against every TDX quote, and RIMs every GPU's measurements must match.
+    """
 
     snp: SnpPolicy
     min_gpus: int = 1
     skip: frozenset[str] = frozenset()
     tdx: TdxPolicy | None = None
+    tdx_collateral: TdxCollateral | None = None
+    gpu_rims: tuple[VerifiedRim, ...] = ()
 
     def __post_init__(self) -> None:
         unknown = self.skip - SKIPPABLE_CHECKS
@@ -182,6 +215,14 @@ class ClientPolicy:
             raise ParseError(
                 "policy: a TDX policy may not pin report_data: the bundle binding decides it",
                 hint="remove report_data from the [tdx] policy",
+            )
+        if not all(isinstance(r, VerifiedRim) for r in self.gpu_rims):
+            raise TypeError("ClientPolicy.gpu_rims holds VerifiedRim objects (verify_rim)")
+        if self.gpu_rims and "gpu" in self.skip:
+            raise ParseError(
+                "policy: GPU RIMs are given but the gpu check is skipped, so they would never "
+                "be compared",
+                hint='remove "gpu" from [skip] checks, or the [gpu] rims',
             )
 
     @property
@@ -222,6 +263,7 @@ class VerifiedNode:
     checks: tuple[CheckResult, ...]
     verified_at: datetime
     quote: Quote | None = None
+    tdx_tcb: TcbEvaluation | None = None  # TDX nodes checked with collateral
     _token: object = field(repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
@@ -258,7 +300,7 @@ class VerificationRun:
             out["error"] = str(self.error)
         if self.node is not None:
             n = self.node
-            out["node"] = {
+            node: dict[str, object] = {
                 "tee": n.tee,
                 "simulated": n.simulated,
                 "measurement": n.measurement.hex(),
@@ -268,6 +310,14 @@ class VerificationRun:
                 "product": n.product,
                 "gpus": list(n.gpus),
             }
+            if n.tdx_tcb is not None:
+                node["tdx_tcb"] = {
+                    "status": str(n.tdx_tcb.status),
+                    "advisory_ids": list(n.tdx_tcb.advisory_ids),
+                    "tcb_date": n.tdx_tcb.tcb_date.isoformat(),
+                    "fmspc": n.tdx_tcb.fmspc.hex(),
+                }
+            out["node"] = node
         return out
 
 
@@ -410,7 +460,11 @@ def run_verification(
                 raise r.fail("gpu", _as_check("gpu", e)) from e
             r.passed(
                 "gpu",
-                ", ".join(f"{g['vendor']} driver {g['driver_version']} CC on" for g in gpu_info)
+                ", ".join(
+                    f"{g['vendor']} driver {g['driver_version']} CC on"
+                    + (f", RIMs: {g['rims']}" if "rims" in g else "")
+                    for g in gpu_info
+                )
                 or "no GPU required by policy",
             )
 
@@ -440,6 +494,7 @@ def run_verification(
         checks=tuple(r.results),
         verified_at=now,
         quote=cpu.quote,
+        tdx_tcb=cpu.tcb,
         _token=_TOKEN,
     )
     return VerificationRun(r.results, node=node)
@@ -455,6 +510,7 @@ class _CpuEvidence:
     product: str
     report: Report | None = None
     quote: Quote | None = None
+    tcb: TcbEvaluation | None = None
 
 
 def _snp_checks(
@@ -559,18 +615,42 @@ def _tdx_checks(
     detail = dict(verified.checks)
     r.passed("report-signature", detail["tdx-quote-signature"] + " by the attestation key")
     r.passed("cert-chain", f"{TDX_PRODUCT}: PCK chain, " + detail["tdx-pck-chain"])
-    r.passed(
-        "tcb-consistency",
-        "QE report signed by the PCK key "
-        + detail["tdx-qe-report-data"]
-        + "; TCB level not evaluated (no DCAP collateral)",
-    )
+    qe = "QE report signed by the PCK key " + detail["tdx-qe-report-data"]
 
-    # 5. policy: the floor (DEBUG off) always, allowlists where the policy has them
+    # 4 (continued). The platform's TCB level, from the collateral the policy carries. Its
+    # signing chain must reach the roots this quote's PCK chain was just checked against.
+    tcb: TcbEvaluation | None = None
+    if policy.tdx_collateral is None:
+        r.passed("tcb-consistency", qe + "; TCB level not evaluated (no DCAP collateral)")
+    else:
+        try:
+            tcb = evaluate_collateral(
+                quote, verified.pck_certificate, policy.tdx_collateral, roots=list(roots), now=now
+            )
+        except VerificationError as e:
+            raise r.fail(
+                "tcb-consistency",
+                VerificationError("tcb-consistency", f"{e.check}: {e.detail}", hint=e.hint),
+            ) from e
+        except ParseError as e:
+            raise r.fail("tcb-consistency", e) from e
+        r.passed("tcb-consistency", f"{qe}; Intel collateral: TCB {tcb.describe()}")
+
+    # 5. policy: the floor (DEBUG off) always, allowlists where the policy has them, the TCB
+    # status when collateral was evaluated (or its absence, when the policy requires it)
+    rules = policy.tdx_or_floor
     try:
-        passed = validate_quote(quote, policy.tdx_or_floor)
+        passed = validate_quote(quote, rules, tcb=tcb)
     except PolicyError as e:
-        raise r.fail("policy", PolicyError(e.violations, check="policy", hint=e.hint)) from e
+        hint = e.hint
+        if not hint and tcb is None and rules.require_collateral:
+            hint = (
+                "the policy requires Intel TDX collateral: give it with "
+                '[tdx] collateral = "DIR" in policy.toml'
+            )
+        elif not hint and tcb is not None and tcb.status not in rules.accepted_tcb_statuses:
+            hint = "update the platform, or accept the status in [tdx] accepted_tcb_statuses"
+        raise r.fail("policy", PolicyError(e.violations, check="policy", hint=hint)) from e
     labels = {"tdx-debug": "debug off"}
     r.passed(
         "policy", "; ".join(f"{labels.get(n, n.removeprefix('tdx-'))}: {d}" for n, d in passed)
@@ -581,6 +661,7 @@ def _tdx_checks(
         report_data_name="REPORTDATA",
         product=TDX_PRODUCT,
         quote=quote,
+        tcb=tcb,
     )
 
 
@@ -816,16 +897,49 @@ def _check_gpus(
         )
         if report.cc_enabled is not True:
             raise VerificationError("gpu", f"GPU {i}: confidential-computing mode is not on")
-        out.append(
-            {
-                "vendor": vendor,
-                "driver_version": report.opaque.driver_version,
-                "vbios_version": report.opaque.vbios_version,
-                "cc_enabled": True,
-            }
-        )
+        info: dict[str, object] = {
+            "vendor": vendor,
+            "driver_version": report.opaque.driver_version,
+            "vbios_version": report.opaque.vbios_version,
+            "cc_enabled": True,
+        }
+        if policy.gpu_rims:
+            info["rims"] = _check_gpu_rims(i, report, policy.gpu_rims, now)
+        out.append(info)
     if len(out) < policy.min_gpus:
         raise VerificationError(
             "gpu", f"{len(out)} verified GPU(s), the policy requires at least {policy.min_gpus}"
         )
     return out
+
+
+def _check_gpu_rims(i: int, report: GpuReport, rims: Sequence[VerifiedRim], now: datetime) -> str:
+    """Compare GPU ``i`` with the RIMs of its driver and VBIOS versions; the passing detail.
+
+    Only those RIMs are used, so one policy may list RIMs for several driver or VBIOS versions;
+    a GPU none of them describes fails on coverage, naming the versions it reports.
+    """
+    versions = {report.opaque.driver_version.lower(), report.opaque.vbios_version.lower()}
+    mine = [v for v in rims if v.rim.version.lower() in versions]
+    try:
+        for verified in mine:
+            _rim_valid_at(verified, now)
+        passed = dict(check_rims(report, mine))
+    except VerificationError as e:
+        raise VerificationError("gpu", f"GPU {i}: {e.check}: {e.detail}", hint=e.hint) from e
+    labels = ", ".join(v.rim.label for v in mine)
+    return f"{passed['gpu-rim']} ({labels})"
+
+
+def _rim_valid_at(verified: VerifiedRim, now: datetime) -> None:
+    # A RIM is verified once, when the policy is loaded; a long-lived client must still stop
+    # using it once a certificate it was verified with has expired.
+    for cert in (*verified.rim.certificates, verified.root):
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            raise VerificationError(
+                "gpu-rim-chain",
+                f"{verified.rim.label}: certificate {cert.subject.rfc4514_string()} is valid "
+                f"{cert.not_valid_before_utc.isoformat()} .. "
+                f"{cert.not_valid_after_utc.isoformat()}, not at {now.isoformat()}",
+                hint="fetch the current RIMs from NVIDIA's RIM service",
+            )

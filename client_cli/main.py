@@ -24,7 +24,7 @@ from client_cli.render import SIMULATED_BANNER, print_run, status_line
 from client_cli.session import (
     Session,
 )
-from client_cli.trust import TrustStore, load_policy
+from client_cli.trust import TrustStore, load_policy, load_policy_file, reference_summary
 from client_cli.verify_gpu_tdx import verify_gpu, verify_tdx
 from client_cli.verify_report import verify_report
 
@@ -324,6 +324,8 @@ def trust(
             pinned = store.add_log_key(log_key)
             err.print(f"Pinned transparency-log key {pinned.name}.")
         anchors = store.anchors()
+        # Loading the policy verifies the reference values it names: a bad one shows here.
+        policy, files = load_policy_file(store.policy_path)
     except OSError as e:
         raise _fail(OpenPCCError(f"trust store: {e}"), json_out) from e
     except OpenPCCError as e:
@@ -340,11 +342,19 @@ def trust(
         ],
         "policy": str(store.policy_path) if store.policy_path.exists() else None,
     }
+    refs = reference_summary(policy, files)
     if json_out:
-        print(json.dumps(info))
-    else:
-        for k, v in info.items():
-            out.print(f"{k}: {v}", highlight=False)
+        print(json.dumps({**info, "reference_values": refs}))
+        return
+    for k, v in info.items():
+        out.print(f"{k}: {v}", highlight=False)
+    out.print(f"tdx_collateral: {files.tdx_collateral}", highlight=False)
+    for rim in policy.gpu_rims:
+        out.print(
+            f"gpu_rim: {rim.rim.label} version {rim.rim.version}, signed by "
+            f"{rim.signer.subject.rfc4514_string()}",
+            highlight=False,
+        )
 
 
 @app.command()

@@ -11,6 +11,19 @@ Layout (``$OPENPCC_CONFIG_DIR``, else ``$XDG_CONFIG_HOME/openpcc``, else ``~/.co
 
 The pinned AMD, Intel and NVIDIA roots come from the package, never from this directory or the
 network.
+
+The policy may name reference values, files the operator saved from Intel and NVIDIA (paths are
+relative to the policy file)::
+
+    [tdx]
+    collateral = "collateral"         # tcb_info.json, qe_identity.json, tcb_signing_chain.pem
+    [gpu]
+    rims = ["driver.swidtag", "vbios.swidtag"]
+    rim_root = "rim-root.pem"         # optional: instead of the pinned NVIDIA RIM root
+
+Both are read when the policy is loaded, and a file that cannot be read or parsed is an error
+naming it. RIM signatures are verified then (to the pinned root, or ``rim_root``); collateral is
+evaluated against each quote, its signing chain to the roots that anchor the quote.
 """
 
 from __future__ import annotations
@@ -18,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,18 +41,31 @@ from cryptography import x509
 from attest import tlog
 from attest.bundle import SKIPPABLE_CHECKS, ClientPolicy, TrustAnchors
 from attest.errors import ParseError, VerificationError
-from attest.nvgpu import pinned_nvidia_roots
+from attest.nvgpu import VerifiedRim, pinned_nvidia_roots, pinned_rim_roots, verify_rim
 from attest.sevsnp.validate import SnpPolicy
 from attest.sevsnp.verify import load_certificates, pinned_roots
+from attest.tdx.collateral import (
+    QE_IDENTITY_FILE,
+    TCB_INFO_FILE,
+    TCB_SIGNING_CHAIN_FILE,
+    TdxCollateral,
+    load_collateral_dir,
+    load_qe_identity,
+    load_tcb_info,
+    load_tcb_signing_chain,
+)
 from attest.tdx.validate import TdxPolicy
 from attest.tdx.verify import INTEL_ROOT_SUBJECT_CN, pinned_intel_roots
 
 __all__ = [
     "FileCheckpointStore",
+    "PolicyFiles",
     "TrustStore",
     "config_dir",
     "is_tdx_root",
     "load_policy",
+    "load_policy_file",
+    "reference_summary",
 ]
 
 
@@ -161,6 +188,17 @@ class FileCheckpointStore:
 
 
 _POLICY_SECTIONS = {"snp", "tdx", "gpu", "skip"}
+_Bad = Callable[..., ParseError]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyFiles:
+    """Where a policy's reference values were read from (``openpcc trust`` shows them)."""
+
+    path: Path | None = None
+    tdx_collateral: Path | None = None
+    gpu_rims: tuple[Path, ...] = ()
+    rim_root: Path | None = None
 
 
 def load_policy(path: Path | None) -> ClientPolicy:
@@ -169,12 +207,18 @@ def load_policy(path: Path | None) -> ClientPolicy:
     Strict: an empty file, an unknown section or key is an error naming it; checks may be
     skipped only by naming them under ``[skip] checks = [...]``.
     """
+    return load_policy_file(path)[0]
+
+
+def load_policy_file(path: Path | None) -> tuple[ClientPolicy, PolicyFiles]:
+    """:func:`load_policy`, and the files its reference values came from."""
     if path is None or not path.exists():
-        return ClientPolicy(snp=SnpPolicy())
+        return ClientPolicy(snp=SnpPolicy()), PolicyFiles()
     hint = f"fix {path}, or remove it to use the built-in floor"
 
-    def bad(message: str) -> ParseError:
-        return ParseError(f"policy {path}: {message}", hint=hint)
+    def bad(message: str, more: str = "") -> ParseError:
+        # One line, whatever a parser's own message held (lxml and signxml span lines).
+        return ParseError(f"policy {path}: {' '.join(message.splitlines())}", hint=more or hint)
 
     try:
         data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -194,6 +238,8 @@ def load_policy(path: Path | None) -> ClientPolicy:
             raise bad(f"[{name}] must be a table")
     gpu = dict(data.get("gpu", {}))
     min_gpus = gpu.pop("min_gpus", 1)
+    rims_value = gpu.pop("rims", None)
+    rim_root_value = gpu.pop("rim_root", None)
     if gpu:
         raise bad(f"unknown key(s) in [gpu]: {sorted(gpu)}")
     skip = dict(data.get("skip", {}))
@@ -214,11 +260,144 @@ def load_policy(path: Path | None) -> ClientPolicy:
         snp = SnpPolicy.from_mapping(data["snp"]) if "snp" in data else SnpPolicy()
     except ParseError as e:
         raise bad(f"[snp] {e}") from e
+    tdx_table = dict(data.get("tdx", {}))
+    collateral_value = tdx_table.pop("collateral", None)
     try:
-        tdx = TdxPolicy.from_mapping(data["tdx"]) if "tdx" in data else None
+        # A [tdx] table holding only the collateral keeps the floor; an empty one is an error.
+        tdx = (
+            TdxPolicy.from_mapping(tdx_table)
+            if tdx_table or ("tdx" in data and collateral_value is None)
+            else None
+        )
     except ParseError as e:
         raise bad(f"[tdx] {e}") from e
+
+    base = path.parent
+    directory = (
+        _policy_path(base, collateral_value, "[tdx] collateral", bad)
+        if collateral_value is not None
+        else None
+    )
+    collateral = _load_collateral(directory, bad) if directory is not None else None
+    if rim_root_value is not None and rims_value is None:
+        raise bad("[gpu] rim_root is given without [gpu] rims")
+    rims: tuple[VerifiedRim, ...] = ()
+    rim_paths: tuple[Path, ...] = ()
+    root_path: Path | None = None
+    if rims_value is not None:
+        if (
+            not isinstance(rims_value, list)
+            or not rims_value
+            or not all(isinstance(r, str) for r in rims_value)
+        ):
+            raise bad("[gpu] rims must be a non-empty list of RIM file paths")
+        if len(set(rims_value)) != len(rims_value):
+            raise bad("[gpu] rims lists a file twice")
+        if rim_root_value is not None:
+            root_path = _policy_path(base, rim_root_value, "[gpu] rim_root", bad)
+        rim_roots = _load_rim_root(root_path, bad) if root_path is not None else pinned_rim_roots()
+        rim_paths = tuple(_policy_path(base, r, "[gpu] rims", bad) for r in rims_value)
+        # The label is the path as the policy spells it: what a GPU check failure names.
+        rims = tuple(
+            _load_rim(p, label, rim_roots, bad)
+            for p, label in zip(rim_paths, rims_value, strict=True)
+        )
+    files = PolicyFiles(path=path, tdx_collateral=directory, gpu_rims=rim_paths, rim_root=root_path)
     try:
-        return ClientPolicy(snp=snp, min_gpus=min_gpus, skip=frozenset(checks), tdx=tdx)
+        policy = ClientPolicy(
+            snp=snp,
+            min_gpus=min_gpus,
+            skip=frozenset(checks),
+            tdx=tdx,
+            tdx_collateral=collateral,
+            gpu_rims=rims,
+        )
     except ParseError as e:
-        raise bad(str(e).removeprefix("policy: ")) from e
+        raise bad(str(e).removeprefix("policy: "), e.hint) from e
+    return policy, files
+
+
+def _policy_path(base: Path, value: object, key: str, bad: _Bad) -> Path:
+    if not isinstance(value, str) or not value:
+        raise bad(f"{key} must be a path (relative to the policy file)")
+    return (base / Path(value).expanduser()).resolve()
+
+
+def _load_collateral(directory: Path, bad: _Bad) -> TdxCollateral:
+    """Read and parse the three collateral files; their signatures are checked per quote."""
+    try:
+        collateral = load_collateral_dir(directory)
+    except ParseError as e:
+        raise bad(f"[tdx] collateral: {e}", e.hint) from e
+    documents = (
+        (TCB_INFO_FILE, lambda: load_tcb_info(collateral.tcb_info)),
+        (QE_IDENTITY_FILE, lambda: load_qe_identity(collateral.qe_identity)),
+        (TCB_SIGNING_CHAIN_FILE, lambda: load_tcb_signing_chain(collateral.issuer_chain_pem)),
+    )
+    for name, load in documents:
+        try:
+            load()
+        except ParseError as e:
+            raise bad(f"[tdx] collateral {directory / name}: {e}", e.hint) from e
+    return collateral
+
+
+def _load_rim_root(path: Path, bad: _Bad) -> list[x509.Certificate]:
+    try:
+        return x509.load_pem_x509_certificates(path.read_bytes())
+    except OSError as e:
+        raise bad(f"[gpu] rim_root: cannot read {path}: {e.strerror or e}") from e
+    except ValueError as e:
+        raise bad(f"[gpu] rim_root {path} is not PEM certificates") from e
+
+
+def _load_rim(path: Path, label: str, roots: list[x509.Certificate], bad: _Bad) -> VerifiedRim:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise bad(f"[gpu] rims: cannot read {path}: {e.strerror or e}") from e
+    try:
+        return verify_rim(data, label=label, roots=roots)
+    except VerificationError as e:
+        hint = e.hint or (
+            "a RIM must chain to the pinned NVIDIA CoRIM signing Root CA, or to the "
+            "[gpu] rim_root the policy names"
+        )
+        raise bad(f"[gpu] rims {path}: {e.check}: {e.detail}", hint) from e
+    except ParseError as e:
+        raise bad(f"[gpu] rims {path}: {e}", e.hint) from e
+
+
+def reference_summary(policy: ClientPolicy, files: PolicyFiles) -> dict[str, object]:
+    """What reference values the policy carries, for ``openpcc trust``."""
+    collateral: dict[str, object] | None = None
+    if policy.tdx_collateral is not None:
+        info = load_tcb_info(policy.tdx_collateral.tcb_info)
+        qe = load_qe_identity(policy.tdx_collateral.qe_identity)
+        collateral = {
+            "directory": str(files.tdx_collateral) if files.tdx_collateral else None,
+            "fmspc": info.fmspc.hex(),
+            "tcb_evaluation_data_number": info.tcb_evaluation_data_number,
+            "tcb_info_next_update": info.next_update.isoformat(),
+            "qe_identity_next_update": qe.next_update.isoformat(),
+        }
+    paths = (
+        [str(p) for p in files.gpu_rims]
+        if len(files.gpu_rims) == len(policy.gpu_rims)
+        else [r.rim.label for r in policy.gpu_rims]
+    )
+    return {
+        "tdx_collateral": collateral,
+        "gpu_rims": [
+            {
+                "file": file,
+                "version": r.rim.version,
+                "tag_id": r.rim.tag_id,
+                "active_measurements": sum(m.active for m in r.rim.measurements),
+                "signer": r.signer.subject.rfc4514_string(),
+                "root": r.root.subject.rfc4514_string(),
+            }
+            for r, file in zip(policy.gpu_rims, paths, strict=True)
+        ],
+        "rim_root": str(files.rim_root) if files.rim_root is not None else None,
+    }
