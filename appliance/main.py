@@ -175,7 +175,7 @@ def up(
                 res = emulated_vm.up_vm(
                     paths,
                     image_recipe=image_recipe or emulated_vm.default_image_recipe(),
-                    accel=accel or "tcg",
+                    accel=accel,
                     port=port,
                     timeout=timeout,
                     progress=lambda m: err.print(Text(m, style="dim")),

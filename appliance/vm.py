@@ -144,7 +144,7 @@ def up_vm(
     paths: StatePaths,
     *,
     image_recipe: Path,
-    accel: str = "tcg",
+    accel: str | None = None,
     port: int | None = None,
     timeout: float = 900.0,
     progress: Progress = lambda _m: None,
@@ -154,9 +154,9 @@ def up_vm(
 
     ``progress`` gets one line per step (image build steps included), ``waiting`` the
     changing state of the boot, for a spinner. Idempotent: when the VM of this recipe already
-    runs, it is only verified again.
+    runs, it is only verified again. ``accel`` None: the running VM's, else TCG.
     """
-    if accel not in ACCELS:
+    if accel is not None and accel not in ACCELS:
         raise ParseError(f"--accel {accel!r} is not one of {', '.join(ACCELS)}")
     if accel == "kvm" and not kvm_usable():
         raise OpenPCCError(
@@ -180,7 +180,7 @@ def up_vm(
             or not record.vm
             or record.vm_recipe != str(recipe_path)
             or (port is not None and port != record.port)
-            or record.vm_accel != accel
+            or accel not in (None, record.vm_accel)
         ):
             raise OpenPCCError(
                 f"an emulated VM with other settings is already running (pid {running})",
@@ -197,13 +197,16 @@ def up_vm(
         )
     port = port or (record.port if record is not None else lifecycle.DEFAULT_PORT)
     _check_port(port)
+    accel = accel or "tcg"
 
     progress(f"image recipe {recipe_path}")
     try:
         build = build_image(image, progress=progress)
     except OSError as e:
+        lines = str(e).strip().splitlines() or [type(e).__name__]
+        what = lines[0] if len(lines) == 1 else f"{lines[0][:150]} … {lines[-1]}"
         raise OpenPCCError(
-            f"building the image failed: {e}",
+            f"building the image failed: {what}",
             hint=f"`openpcc-appliance build-image {recipe_path}` builds it alone",
         ) from e
     progress(
