@@ -26,10 +26,11 @@ from server.engine_http import EngineHttp, EngineHttpError
 
 __all__ = ["CONFIGS", "CellResult", "Sample", "run_cell"]
 
-Config = Literal["direct", "gateway", "full"]
-CONFIGS: tuple[Config, ...] = ("direct", "gateway", "full")
+Config = Literal["direct", "httpx", "gateway", "full"]
+CONFIGS: tuple[Config, ...] = ("direct", "httpx", "gateway", "full")
 CONFIG_LABELS: Mapping[str, str] = {
     "direct": "engine direct",
+    "httpx": "engine direct (httpx)",
     "gateway": "client -> gateway",
     "full": "client -> relay -> gateway",
 }
@@ -119,6 +120,20 @@ def _direct(client: EngineHttp) -> Streamer:
     return stream
 
 
+def _direct_httpx(client: httpx.AsyncClient, url: str) -> Streamer:
+    """The engine through httpx, the HTTP client under the OpenAI SDK: a second reference,
+    what a user of a plain OpenAI-compatible endpoint pays today."""
+
+    async def stream(item: WorkItem) -> AsyncIterator[bytes]:
+        async with client.stream("POST", url + CHAT, json=item.payload()) as r:
+            if r.status_code != 200:
+                raise _Failed(f"HTTP {r.status_code}")
+            async for piece in r.aiter_raw():
+                yield piece
+
+    return stream
+
+
 def _sealed(session: Session) -> Streamer:
     async def stream(item: WorkItem) -> AsyncIterator[bytes]:
         async for ev in session.stream("POST", CHAT, item.payload()):
@@ -189,6 +204,8 @@ class Clients:
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
         self.http = EngineHttp.for_url(stack.engine_url)
+        limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
+        self.httpx = httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits)
         self.gateway = Session(stack.gateway_url, trust=stack.trust, policy=stack.policy)
         self.full = Session(stack.relay_url, trust=stack.trust, policy=stack.policy)
 
@@ -198,12 +215,15 @@ class Clients:
 
     async def aclose(self) -> None:
         self.http.close()
+        await self.httpx.aclose()
         await self.gateway.aclose()
         await self.full.aclose()
 
     def streamer(self, config: str) -> Streamer:
         if config == "direct":
             return _direct(self.http)
+        if config == "httpx":
+            return _direct_httpx(self.httpx, self.stack.engine_url)
         return _sealed(self.gateway if config == "gateway" else self.full)
 
 

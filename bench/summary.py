@@ -21,6 +21,7 @@ def summarize_serving(cells: Sequence[CellResult]) -> list[dict[str, object]]:
     levels = sorted({c.concurrency for c in cells})
     for conc in levels:
         direct = {c.round: c for c in by.get(("direct", conc), [])}
+        via_httpx = {c.round: c for c in by.get(("httpx", conc), [])}
         for config in CONFIGS:
             group = by.get((config, conc), [])
             if not group:
@@ -32,6 +33,7 @@ def summarize_serving(cells: Sequence[CellResult]) -> list[dict[str, object]]:
             tps = [c.tokens_per_s for c in group]
             ratios: list[float] = []
             added_ttft: list[float] = []
+            to_httpx: list[float] = []
             for c in group:
                 d = direct.get(c.round)
                 if d is None or d.tokens_per_s <= 0:
@@ -40,6 +42,9 @@ def summarize_serving(cells: Sequence[CellResult]) -> list[dict[str, object]]:
                 mine = [s.ttft for s in c.ok if s.ttft is not None]
                 theirs = [s.ttft for s in d.ok if s.ttft is not None]
                 added_ttft.append(stats.median(mine) - stats.median(theirs))
+                h = via_httpx.get(c.round)
+                if h is not None and h.tokens_per_s > 0:
+                    to_httpx.append(c.tokens_per_s / h.tokens_per_s)
             tokens = sum(s.tokens for s in ok)
             cpu: dict[str, float] = defaultdict(float)
             for c in group:
@@ -60,6 +65,8 @@ def summarize_serving(cells: Sequence[CellResult]) -> list[dict[str, object]]:
                     "requests_per_s": stats.median([c.requests_per_s for c in group]),
                     "ratio_to_direct": stats.median(ratios),
                     "ratio_to_direct_rounds": ratios,
+                    # The same path against the engine reached through httpx (OpenAI SDK's client).
+                    "ratio_to_httpx": stats.median(to_httpx) if to_httpx else None,
                     "added_ttft_p50_s": stats.median(added_ttft),
                     "cpu_ms_per_token": {
                         role: 1000.0 * secs / tokens if tokens else 0.0

@@ -41,7 +41,7 @@ def test_smoke_scenario_writes_results(tmp_path: Path) -> None:
 
     engine = doc["serving"]["synthetic-max"]
     configs = {(c["config"], c["concurrency"]) for c in engine["cells"]}
-    assert configs == {(cfg, c) for cfg in ("direct", "gateway", "full") for c in (1, 2)}
+    assert configs == {(cfg, c) for cfg in ("direct", "httpx", "gateway", "full") for c in (1, 2)}
     for cell in engine["cells"]:
         assert cell["errors"] == 0
         assert len(cell["samples"]) == 3
