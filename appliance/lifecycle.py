@@ -192,15 +192,23 @@ def wait_healthy(url: str, *, timeout: float, pid_check: object = None) -> dict[
 
 def trust_anchors(paths: StatePaths) -> TrustAnchors:
     from attest.sevsnp.verify import load_certificates
+    from attest.tdx.verify import pinned_intel_roots
+    from client_cli.trust import is_tdx_root
 
     sim = tuple(load_certificates(paths.sim_trust.read_bytes())) if paths.sim_trust.exists() else ()
+    sim_tdx = tuple(c for c in sim if is_tdx_root(c))
+    sim_other = tuple(c for c in sim if not is_tdx_root(c))
     vkey = VerifierKey.parse((paths.log / "log.vkey").read_text().strip())
+    # The same anchors a client's trust store gives: pinned vendor roots, and the simulation
+    # roots this appliance generated (a TDX-shaped one anchors sim-tdx evidence only).
     return TrustAnchors(
         amd_roots=tuple(pinned_roots()),
         nvidia_roots=tuple(pinned_nvidia_roots()),
         log_keys=(vkey,),
-        simulation_snp_roots=sim,
-        simulation_gpu_roots=sim,
+        simulation_snp_roots=sim_other,
+        simulation_gpu_roots=sim_other,
+        intel_roots=tuple(pinned_intel_roots()),
+        simulation_tdx_roots=sim_tdx,
     )
 
 
