@@ -8,10 +8,9 @@ relay for everything. Chunked responses stream through without buffering.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib.util
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import httpx
 import uvicorn
@@ -23,6 +22,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from attest.errors import ParseError
+from server.asgi_stream import Message, stream_to_client
 from server.engine_http import EngineHttp, EngineHttpError, EngineResponse
 
 __all__ = ["OHTTP_MEDIA_TYPES", "create_relay_app", "run_relay"]
@@ -158,37 +158,21 @@ async def _forward(
     receive: Receive, send: Send, resp: EngineResponse, headers: list[tuple[bytes, bytes]]
 ) -> None:
     """Stream the gateway's answer through; a client that goes away closes the upstream too."""
-    me = asyncio.current_task()
-    assert me is not None
-    gone = False
-    finishing = False
 
-    async def watch() -> None:
-        nonlocal gone
-        while (await receive())["type"] != "http.disconnect":
+    async def messages() -> AsyncGenerator[Message, None]:
+        yield {"type": "http.response.start", "status": resp.status, "headers": headers}
+        try:
+            async for piece in resp.iter_batches():
+                yield {"type": "http.response.body", "body": piece, "more_body": True}
+        except EngineHttpError:
+            # The gateway went away mid-answer: end the stream without its final chunk, which
+            # the client's opener reports as truncation (never as an answer).
             pass
-        if not finishing:
-            gone = True
-            me.cancel()
+        yield {"type": "http.response.body", "body": b"", "more_body": False}
 
-    watcher = asyncio.create_task(watch())
     try:
-        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
-        async for piece in resp.iter_batches():
-            await send({"type": "http.response.body", "body": piece, "more_body": True})
-        finishing = True
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-    except asyncio.CancelledError:
-        if not gone:
-            raise
-        me.uncancel()
-    except EngineHttpError:
-        # The gateway went away mid-answer: end the stream without its final chunk, which
-        # the client's opener reports as truncation (never as an answer).
-        finishing = True
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await stream_to_client(receive, send, messages())
     finally:
-        watcher.cancel()
         resp.close()
 
 

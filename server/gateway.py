@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
@@ -22,6 +22,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from attest.errors import DecryptError, OpenPCCError, ParseError
+from server.asgi_stream import Message, stream_to_client
 from server.attestation import BundleBuilder
 from server.bhttp_stream import encode_content_chunk, encode_response_end, encode_response_head
 from server.config import GatewayConfig
@@ -302,36 +303,20 @@ def create_app(state: GatewayState) -> ASGIApp:
         answer does not keep the engine generating.
         """
         assert inner.stream is not None
-        me = asyncio.current_task()
-        assert me is not None
-        gone = False
-        finishing = False
-
-        async def watch() -> None:
-            nonlocal gone
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            if not finishing:
-                gone = True
-                me.cancel()
-
-        watcher = asyncio.create_task(watch())
         stream = inner.stream
-        try:
-            await send({"type": "http.response.body", "body": first, "more_body": True})
+
+        async def messages() -> AsyncGenerator[Message, None]:
+            yield {"type": "http.response.body", "body": first, "more_body": True}
             async for piece in stream:
                 chunk = sealer.seal_chunk(encode_content_chunk(piece))
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            finishing = True
+                yield {"type": "http.response.body", "body": chunk, "more_body": True}
             end = sealer.seal_chunk(encode_response_end(), final=True)
-            await send({"type": "http.response.body", "body": end, "more_body": False})
-        except asyncio.CancelledError:
-            if not gone:
-                raise
-            me.uncancel()
-            m.outcome("client_gone")
+            yield {"type": "http.response.body", "body": end, "more_body": False}
+
+        try:
+            if not await stream_to_client(receive, send, messages()):
+                m.outcome("client_gone")
         finally:
-            watcher.cancel()
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:  # the engine stream's own clean-up (metrics, connection)
                 await aclose()
