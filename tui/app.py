@@ -252,7 +252,8 @@ class DashboardApp(App[None]):
         self._sync_classes()
         for w in self.query(Panel):
             w.refresh(layout=True)  # a panel's height follows its line count
-        self.query_one(TitleBar).refresh()
+        for bar in self.query(TitleBar):  # absent while the screen is built or torn down
+            bar.refresh()
 
     # -- workers --------------------------------------------------------------------------------
 
