@@ -30,7 +30,7 @@ from attest.bundle import (
 from attest.errors import DecryptError, OpenPCCError, ParseError, TransportError
 from client_cli.trust import FileCheckpointStore
 from server.bhttp_stream import ResponseHead, StreamingResponseDecoder
-from server.engine_http import EngineHttp, EngineHttpError
+from server.engine_http import EngineHttp, EngineHttpError, EngineResponse
 from server.ohttp import BhttpRequest, ChunkedRequestSealer, ChunkedResponseOpener, encode_request
 
 __all__ = [
@@ -294,7 +294,9 @@ class Session:
                 "POST", self._prefix + "/v1/ohttp", enc, headers=_OHTTP_HEADERS
             )
             try:
-                yield resp.status, resp.iter_batches(), resp.read
+                # A refusal's body is read only as far as needed: a node cannot make the
+                # client buffer an endless one.
+                yield resp.status, resp.iter_batches(), lambda: _read_at_most(resp, 512)
             finally:
                 resp.close()
             return
@@ -396,6 +398,15 @@ _OHTTP_HEADERS = (
     (b"content-type", CHUNKED_REQ.encode()),
     (b"accept", b"message/ohttp-chunked-res"),
 )
+
+
+async def _read_at_most(resp: EngineResponse, limit: int) -> bytes:
+    buf = b""
+    async for piece in resp.iter_batches():
+        buf += piece
+        if len(buf) >= limit:
+            break
+    return buf[:limit]
 
 
 def _fast_path(url: str, timeout: float) -> tuple[EngineHttp | None, str]:

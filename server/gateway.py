@@ -50,10 +50,12 @@ OHTTP_REQ_B, OHTTP_RES_B = OHTTP_REQ.encode(), OHTTP_RES.encode()
 CHUNKED_REQ_B = CHUNKED_REQ.encode()
 _CHUNKED_HEADERS = [(b"content-type", CHUNKED_RES.encode()), (b"cache-control", b"no-store")]
 KEYS_TYPE = "application/ohttp-keys"
-_KEY_PROBLEM = {
-    "type": "https://iana.org/assignments/http-problem-types#ohttp-key",
-    "title": "key identifier unknown",
-}
+_KEY_PROBLEM_JSON = json.dumps(
+    {
+        "type": "https://iana.org/assignments/http-problem-types#ohttp-key",
+        "title": "key identifier unknown",
+    }
+).encode()
 
 
 class LogView:
@@ -208,8 +210,7 @@ def create_app(state: GatewayState) -> ASGIApp:
         keys = state.keys.accepted()
         if enc_request and enc_request[0] not in keys:
             m.outcome("decrypt_failed")
-            body = json.dumps(_KEY_PROBLEM).encode()
-            await _send_bytes(send, 400, b"application/problem+json", body)
+            await _send_bytes(send, 400, b"application/problem+json", _KEY_PROBLEM_JSON)
             return
         try:
             plaintext, sealer = decapsulate_request(keys, enc_request)

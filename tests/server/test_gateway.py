@@ -335,3 +335,32 @@ def test_client_gone_mid_stream_stops_the_engine_and_frees_the_slot(slow, monkey
     for t in threads:
         t.join()
     assert [r[0] for r in results] == [200, 200]  # type: ignore[index]
+
+
+def test_a_session_whose_key_expired_reverifies_and_is_answered(slow, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Over real HTTP (the client's own HTTP/1.1 path): the refused key's 400 is read, bounded,
+    recognised, and the request goes again to the freshly verified key."""
+    monkeypatch.setenv("OPENPCC_CONFIG_DIR", str(slow.config))
+    from client_cli.session import Session
+    from client_cli.trust import TrustStore, load_policy
+
+    async def go() -> tuple[int, int, int]:
+        store = TrustStore.default()
+        async with Session(slow.url, trust=store.anchors(), policy=load_policy(None)) as s:
+            assert s._fast is not None  # the plain-HTTP fast path is what this test covers
+            first = (await s.node()).key_config.key_id
+            deadline = time.monotonic() + 10
+            while _keys(slow.url)[0].key_id == first:  # the ring rotates when asked
+                assert time.monotonic() < deadline, "the key never rotated"
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(2.5)  # past the 2 s overlap: the old key is refused
+            status = 0
+            payload = _chat("late", max_tokens=2, stream=True)
+            async for ev in s.stream("POST", "/v1/chat/completions", payload):
+                if ev.head is not None:
+                    status = ev.head.status
+            return first, (await s.node()).key_config.key_id, status
+
+    first, second, status = asyncio.run(go())
+    assert status == 200
+    assert second != first
