@@ -364,3 +364,53 @@ def test_a_session_whose_key_expired_reverifies_and_is_answered(slow, monkeypatc
     first, second, status = asyncio.run(go())
     assert status == 200
     assert second != first
+
+
+def _http_chunks(sock_file: object) -> Iterator[bytes]:
+    """The HTTP/1.1 chunks of a chunked response body, read from a socket file as they come."""
+    f = sock_file
+    while True:
+        size = int(f.readline().strip(), 16)  # type: ignore[attr-defined]
+        if size == 0:
+            return
+        data = f.read(size)  # type: ignore[attr-defined]
+        assert f.read(2) == b"\r\n"  # type: ignore[attr-defined]
+        yield data
+
+
+def test_streamed_answer_starts_with_head_and_first_token_in_one_write(appliance) -> None:  # type: ignore[no-untyped-def]
+    """uvicorn frames each ASGI body message as one HTTP chunk, so the first HTTP chunk is the
+    gateway's first write: it must hold the OHTTP header and a sealed chunk with the inner
+    head *and* the first token (one wake-up of the client for its first token)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from server.bhttp_stream import StreamingResponseDecoder
+    from server.ohttp import ChunkedRequestSealer
+
+    sealer = ChunkedRequestSealer(_keys(appliance.url)[0])
+    inner = _inner("/v1/chat/completions", _chat("alpha beta gamma", max_tokens=6, stream=True))
+    enc = sealer.header() + sealer.seal_chunk(inner, final=True)
+    opener = sealer.response_opener()
+    u = urlsplit(appliance.url)
+    with socket.create_connection((u.hostname, u.port), timeout=10) as s:
+        s.sendall(
+            b"POST /v1/ohttp HTTP/1.1\r\nhost: x\r\ncontent-type: message/ohttp-chunked-req\r\n"
+            + f"content-length: {len(enc)}\r\nconnection: close\r\n\r\n".encode()
+            + enc
+        )
+        f = s.makefile("rb")
+        status_line = f.readline()
+        assert b" 200 " in status_line
+        while f.readline() not in (b"\r\n", b""):
+            pass
+        chunks = list(_http_chunks(f))
+    decoder = StreamingResponseDecoder()
+    head, first = decoder.feed(b"".join(opener.feed(chunks[0])))
+    assert head is not None and head.status == 200
+    assert b"data: " in b"".join(first)
+    for c in chunks[1:]:
+        for plain in opener.feed(c):
+            decoder.feed(plain)
+    for plain in opener.close():  # the sealed final chunk arrived: not a truncation
+        decoder.feed(plain)
