@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
 
 import httpx
@@ -67,6 +68,13 @@ def _toml_str(value: str) -> str:
     return json.dumps(value)
 
 
+def _installed(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def provision_simulated(
     paths: StatePaths,
     *,
@@ -74,8 +82,16 @@ def provision_simulated(
     engine: str = "embedded",
     engine_args: tuple[str, ...] = (),
     recipe: Path | None = None,
+    model: str = "",
 ) -> ProvisionResult:
-    """Create (or reuse) the simulation chains, release the recipe into the log, configure."""
+    """Create (or reuse) the simulation chains, release the recipe into the log, configure.
+
+    ``model`` is the engine's model (vllm: an id or path; embedded: a GGUF path). With vllm and
+    the default recipe the released manifest names that model and vLLM, so what the appliance
+    attests is what it serves.
+    """
+    if engine == "vllm" and not model:
+        raise ParseError("engine 'vllm' needs a model", hint="pass the model id or path")
     for d in (paths.root, paths.sim, paths.release, paths.logs, paths.pid.parent):
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
     snp_dir, gpu_dir = paths.sim / "snp", paths.sim / "gpu"
@@ -93,6 +109,14 @@ def provision_simulated(
     paths.sim_trust.write_bytes(roots)
 
     rec = load_recipe(recipe or simulated_recipe_path())
+    if engine == "vllm" and recipe is None:
+        rec = dataclasses.replace(
+            rec,
+            model_id=model,
+            engine_name="vllm",
+            engine_version=_installed("vllm"),
+            engine_args=engine_args,
+        )
     measurement = expected_measurement(rec)
     manifest = build_manifest(rec, measurement)
     data = canonical_json(manifest)
@@ -116,7 +140,8 @@ def provision_simulated(
         f"engine_log = {_toml_str(str(paths.logs / 'engine.log'))}\n"
         "\n[engine]\n"
         f"kind = {_toml_str(engine)}\n"
-        f"args = [{args}]\n"
+        + (f"model = {_toml_str(model)}\n" if model else "")
+        + f"args = [{args}]\n"
     )
     ApplianceRecord(
         mode="simulated", gateway_url=f"http://127.0.0.1:{port}", engine=engine, port=port

@@ -24,7 +24,15 @@ from bench.workload import WorkItem
 from client_cli.session import Session, SseDecoder, delta_text
 from server.engine_http import EngineHttp, EngineHttpError
 
-__all__ = ["CONFIGS", "CellResult", "Sample", "run_cell"]
+__all__ = [
+    "CONFIGS",
+    "CellResult",
+    "Sample",
+    "direct_streamer",
+    "run_cell",
+    "run_streamer_cell",
+    "sealed_streamer",
+]
 
 Config = Literal["direct", "httpx", "gateway", "full"]
 CONFIGS: tuple[Config, ...] = ("direct", "httpx", "gateway", "full")
@@ -239,6 +247,37 @@ async def run_cell(
     pids = clients.stack.pids()
     before = _cpu_times(pids)
     wall, samples = await _closed_loop(clients.streamer(config), items, concurrency)
+    after = _cpu_times(pids)
+    cpu = {k: round(after[k] - before[k], 4) for k in after if k in before}
+    return CellResult(engine, config, concurrency, round_no, wall, samples, cpu, load)
+
+
+# -- for configurations beyond one stack's four (bench.cvm: a second gateway elsewhere) --------
+
+
+def direct_streamer(client: EngineHttp) -> Streamer:
+    """The engine-direct streamer over ``client`` (see ``_direct``)."""
+    return _direct(client)
+
+
+def sealed_streamer(session: Session) -> Streamer:
+    """Encrypted requests through ``session``'s verified node (see ``_sealed``)."""
+    return _sealed(session)
+
+
+async def run_streamer_cell(
+    stream: Streamer,
+    pids: Mapping[str, int],
+    engine: str,
+    config: str,
+    items: Sequence[WorkItem],
+    concurrency: int,
+    round_no: int,
+) -> CellResult:
+    """``run_cell`` for any streamer, with CPU accounted to ``pids`` (and this client)."""
+    load = os.getloadavg()[0]
+    before = _cpu_times(pids)
+    wall, samples = await _closed_loop(stream, items, concurrency)
     after = _cpu_times(pids)
     cpu = {k: round(after[k] - before[k], 4) for k in after if k in before}
     return CellResult(engine, config, concurrency, round_no, wall, samples, cpu, load)

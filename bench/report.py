@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import stats
+from bench.cvm import PAIR_LABELS
 from bench.loadgen import CONFIG_LABELS
 
 __all__ = ["write_all"]
@@ -71,6 +72,66 @@ def _serving_rows(engine: Doc) -> list[list[str]]:
             ]
         )
     return rows
+
+
+def _pair_rows(pair: Doc) -> list[list[str]]:
+    rows: list[list[str]] = []
+    for r in pair["summary"]:
+        inside = r["config"] == "inside"
+        rows.append(
+            [
+                PAIR_LABELS[r["config"]],
+                str(r["concurrency"]),
+                _ms(r["ttft_s"]["p50"]),
+                _ms(r["ttft_s"]["p95"]),
+                _ms(r["ttft_s"]["p99"]),
+                _ms(r["tpot_s"]["p50"], 3),
+                _ms(r["e2e_s"]["p50"], 1),
+                _ms(r["e2e_s"]["p99"], 1),
+                _num(r["tokens_per_s"]),
+                _num(r["requests_per_s"]),
+                _ratio(r["ratio_to_direct"]) if r["config"] != "direct" else "(base)",
+                _ratio(r["ratio_inside_outside"]) if inside else "",
+                _ms(r["added_ttft_p50_vs_outside_s"], 2) if inside else "",
+                str(r["errors"]),
+            ]
+        )
+    return rows
+
+
+PAIR_HEAD = [
+    "configuration",
+    "conc",
+    "TTFT p50 ms",
+    "p95",
+    "p99",
+    "TPOT p50 ms",
+    "E2E p50 ms",
+    "p99",
+    "out tok/s",
+    "req/s",
+    "tok/s vs direct",
+    "tok/s inside / outside",
+    "added TTFT p50 ms vs outside",
+    "err",
+]
+
+
+def _pair_intro(pair: Doc) -> list[str]:
+    t = pair["target"]
+    engine = t.get("engine") or {}
+    lines = [
+        f"Inside: the appliance at `{t['url']}` ({t['how']}), verified before measuring with "
+        f"{t['trust']}: TEE `{t['tee']}`, measurement `{t['measurement'][:32]}…`, log index "
+        f"{t['log_index']}, model `{t.get('model')}`, engine `{engine.get('name')}` "
+        f"{engine.get('version', '')}.",
+        f"Outside: {pair['outside']['description']}, in a local simulated appliance on this "
+        "host. Both through their gateway with the same client, identical work items, "
+        "interleaved; ratios are medians over rounds of per-round ratios from this run.",
+    ]
+    if pair.get("simulated"):
+        lines = [f"**{pair['warning']}.**", "", *lines]
+    return lines
 
 
 SERVING_HEAD = [
@@ -196,6 +257,18 @@ def headline(doc: Doc) -> list[list[str]]:
                             "",
                         ]
                     )
+    pair = doc.get("cvm") or {}
+    for r in pair.get("summary") or []:
+        if r["config"] == "inside":
+            sim = " (SIMULATED: emulation, not TEE hardware)" if pair.get("simulated") else ""
+            rows.append(
+                [
+                    f"tokens/s inside / outside the CVM{sim}, c={r['concurrency']}",
+                    "(reported)",
+                    _ratio(r["ratio_inside_outside"]),
+                    "",
+                ]
+            )
     m = (doc.get("micro") or {}).get("summary") or {}
     for name, s in m.items():
         if name.startswith("snp_report_verify"):
@@ -233,7 +306,11 @@ def _verdict(ok: bool) -> str:
 def _machine_line(doc: Doc) -> str:
     m = doc["machine"]
     tee = m.get("tee") or "no TEE"
-    gpu = "GPU" if m.get("gpu") else "no GPU"
+    gpus = m.get("gpus") or []
+    if gpus:
+        gpu = ", ".join(f"{g['name']} ({g['memory_mib']} MiB)" for g in gpus)
+    else:
+        gpu = "GPU" if m.get("gpu") else "no GPU"
     return (
         f"{m['cpu']}, {m['usable_cpus']} usable CPUs, {m['memory_gib']} GiB, {tee}, {gpu}; "
         f"{m['os']}; Python {m['python']}; commit {m.get('commit') or '?'}"
@@ -247,6 +324,13 @@ def print_terminal(doc: Doc, console: Console) -> None:
             _table(
                 f"serving: {name} — {engine['description']}", SERVING_HEAD, _serving_rows(engine)
             )
+        )
+    pair = doc.get("cvm")
+    if pair:
+        if pair.get("simulated"):
+            console.print(f"[bold white on red]{pair['warning']}[/]", highlight=False)
+        console.print(
+            _table("engine outside vs inside the CVM", PAIR_HEAD, _pair_rows(pair)),
         )
     if doc.get("micro"):
         console.print(
@@ -296,7 +380,24 @@ def write_markdown(doc: Doc, plots: Sequence[str]) -> str:
             f"`{name}`; ShareGPT-like request mix (seeded log-normal prompt and output lengths); "
             "TTFT = time to the first content token, TPOT = (E2E − TTFT)/(tokens − 1).",
             "",
-            _md_table(SERVING_HEAD, _serving_rows(engine)),
+        ]
+        if engine.get("engine_argv"):
+            lines += [
+                f"Model `{engine['model']}`; the gateway's supervisor ran "
+                f"`{' '.join(engine['engine_argv'])}`. Requests set `ignore_eos` so that output "
+                "lengths follow the mix; prompt lengths are in words (about 1–3 tokens each).",
+                "",
+            ]
+        lines += [_md_table(SERVING_HEAD, _serving_rows(engine)), ""]
+    pair = doc.get("cvm")
+    if pair:
+        sim = " — SIMULATED" if pair.get("simulated") else ""
+        lines += [
+            f"## Engine outside vs inside the CVM (the TEE hardware's share){sim}",
+            "",
+            *_pair_intro(pair),
+            "",
+            _md_table(PAIR_HEAD, _pair_rows(pair)),
             "",
         ]
     if doc.get("micro"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -16,7 +17,20 @@ from pathlib import Path
 
 import httpx
 
-from bench import micro, startup
+from appliance.state import StatePaths
+from attest.errors import OpenPCCError, TransportError
+from bench import cvm, micro, startup
+from bench.gpu import (
+    DEFAULT_MODEL,
+    WEIGHTS_SHARE,
+    GpuProbe,
+    cached_models,
+    detect_gpus,
+    hf_cache_dir,
+    pick_model,
+    vllm_executable,
+    vllm_importable,
+)
 from bench.loadgen import CONFIGS, CellResult, Clients, run_cell
 from bench.machine import describe_machine
 from bench.stack import (
@@ -29,11 +43,20 @@ from bench.stack import (
 )
 from bench.summary import summarize_serving
 from bench.workload import WorkItem, sharegpt_like
+from server.engines.spec import EngineSpec, engine_command
 
-__all__ = ["SCENARIOS", "Options", "run"]
+__all__ = ["ENGINES", "SCENARIOS", "Options", "run"]
 
 SCENARIOS = ("all", "serving", "micro", "startup", "smoke")
+ENGINES = ("auto", "synthetic", "embedded", "vllm")
+"""``auto``: the synthetic engine, the embedded one when installed, vLLM on a GPU host with
+vLLM installed. Naming engines measures exactly those (``vllm`` even without a GPU in sight)."""
 VECTORS = REPO_ROOT.parent / "shared" / "vectors"
+VLLM_ARGS = ("--max-model-len", "4096")
+"""Enough for the mix's longest request (512 words of prompt, 1024 tokens of answer) and small
+enough that the KV cache of a model filling 70 % of the GPU still holds 64 sequences."""
+VLLM_MAX_PROMPT = 512
+"""Words; vLLM's ShareGPT benchmark likewise drops prompts over 1024 tokens."""
 
 
 @dataclass(slots=True)
@@ -57,6 +80,22 @@ class Options:
     plots: bool = True
     quiet_wait_s: float = 60.0
     vectors: Path = VECTORS
+    engines: tuple[str, ...] = ("auto",)
+    model: str = DEFAULT_MODEL
+    """vLLM model: an id or path, or ``auto`` (the largest cached one that fits the GPU)."""
+    vllm_args: tuple[str, ...] = VLLM_ARGS
+    cvm_url: str | None = None
+    """A running appliance in a CVM to measure as *inside* (engine outside vs inside)."""
+    cvm_trust: Path | None = None
+    """What verifies it: an openpcc client configuration or an appliance state directory."""
+    cvm_vm: bool = False
+    """Boot the sealed image under QEMU/TCG here and measure it as *inside* (slow)."""
+    cvm_image_recipe: Path = cvm.TEST_IMAGE_RECIPE
+    cvm_engine: str = "auto"
+    cvm_concurrency: tuple[int, ...] | None = None
+    """None: the engine's levels, or (1, 4) for ``--cvm vm`` (everything in it is emulated)."""
+    host_state: Path | None = None
+    """The host appliance's state directory (None: the default) for the TEE-host pair."""
     log: Callable[[str], None] = field(default=print, repr=False)
 
     @classmethod
@@ -85,35 +124,107 @@ def _wait_quiet(opts: Options) -> None:
         time.sleep(2.0)
 
 
-def _engines(opts: Options, notes: list[str]) -> list[tuple[EngineChoice, tuple[int, ...]]]:
+def _engines(
+    opts: Options, notes: list[str], probe: GpuProbe
+) -> list[tuple[EngineChoice, tuple[int, ...]]]:
+    bad = set(opts.engines) - set(ENGINES)
+    if bad or not opts.engines:
+        raise OpenPCCError(
+            f"--engine {','.join(sorted(bad)) or '(empty)'}: not one of {', '.join(ENGINES)}"
+        )
+    auto = "auto" in opts.engines
     out: list[tuple[EngineChoice, tuple[int, ...]]] = []
-    if FAKE_ENGINE.exists():
-        out.append((EngineChoice("synthetic-max", "synthetic", 0.0), opts.concurrency))
-        if opts.rate > 0:
-            name = f"synthetic-{opts.rate:g}tps"
-            out.append((EngineChoice(name, "synthetic", opts.rate), opts.concurrency))
-    else:
-        notes.append(f"synthetic engine skipped: {FAKE_ENGINE} is not in this checkout")
-    if opts.embedded and opts.scenario != "smoke":
+    if auto or "synthetic" in opts.engines:
+        if FAKE_ENGINE.exists():
+            out.append((EngineChoice("synthetic-max", "synthetic", 0.0), opts.concurrency))
+            if opts.rate > 0:
+                name = f"synthetic-{opts.rate:g}tps"
+                out.append((EngineChoice(name, "synthetic", opts.rate), opts.concurrency))
+        else:
+            notes.append(f"synthetic engine skipped: {FAKE_ENGINE} is not in this checkout")
+    if (auto or "embedded" in opts.engines) and opts.embedded and opts.scenario != "smoke":
         why = embedded_available()
         if why is None:
             out.append((EngineChoice("embedded", "embedded"), opts.embedded_concurrency))
         else:
             notes.append(f"embedded configuration skipped: {why}")
-    notes.append(
-        "not measured here: engine outside vs inside a CVM (no TEE on this host) and vLLM "
-        "(no GPU); the same command measures them on such hosts once the appliance runs there"
-    )
+    vllm = _vllm_engine(opts, notes, probe, explicit="vllm" in opts.engines, auto=auto)
+    if vllm is not None:
+        out.append((vllm, opts.concurrency))
     return out
+
+
+def _vllm_engine(
+    opts: Options, notes: list[str], probe: GpuProbe, *, explicit: bool, auto: bool
+) -> EngineChoice | None:
+    if not explicit and not auto:
+        notes.append("vLLM not measured: --engine does not name it")
+        return None
+    missing = [] if probe.gpus else [str(probe.problem)]
+    if not vllm_importable():
+        missing.append("vLLM is not installed here (vllm is not importable: pip install vllm)")
+    if missing and not explicit:
+        notes.append(
+            "vLLM not measured: "
+            + "; ".join(missing)
+            + ". On a GPU host with vLLM installed it is measured automatically "
+            "(`--engine vllm` forces it)"
+        )
+        return None
+    exe = vllm_executable()
+    if exe is None:
+        raise OpenPCCError(
+            "--engine vllm: there is no `vllm` executable on PATH or beside this Python",
+            hint="install vLLM into this environment (pip install vllm) or put its bin on PATH",
+        )
+    if shutil.which("vllm") is None:
+        # The gateway's supervisor runs `vllm` from PATH; the gateway inherits ours.
+        os.environ["PATH"] = str(Path(exe).parent) + os.pathsep + os.environ.get("PATH", "")
+    if missing:
+        notes.append(
+            "vLLM measured because --engine vllm asked for it, although " + "; ".join(missing)
+        )
+    model = opts.model
+    if model == "auto":
+        pick = pick_model(cached_models(), probe.gpus)
+        model = pick.model_id
+        biggest = max(g.memory_mib for g in probe.gpus)
+        notes.append(
+            f"--model auto chose {model} ({pick.weights_bytes / 2**30:.1f} GiB of weights): the "
+            f"largest model in {hf_cache_dir()} within {WEIGHTS_SHARE:.0%} of one GPU's "
+            f"{biggest} MiB"
+        )
+    return EngineChoice("vllm", "vllm", model=model, args=opts.vllm_args)
+
+
+def _no_cvm_note(opts: Options) -> str:
+    from appliance.doctor import detect_host
+
+    what = "engine outside vs inside a CVM (the TEE hardware's share) not measured: "
+    tee = detect_host().tee
+    if tee is None:
+        return what + (
+            "this host has no TEE (no SEV-SNP or TDX host support), and neither --cvm-url URL "
+            "(a running appliance in a CVM) nor --cvm vm (the sealed image under QEMU/TCG here: "
+            "emulation, not TEE hardware) was given"
+        )
+    paths = StatePaths(opts.host_state) if opts.host_state else StatePaths.default()
+    _, why = cvm.appliance_target(paths)
+    return what + f"this host supports {tee}, but {why}; install.sh starts it, or pass --cvm-url"
 
 
 def _items_for(
     opts: Options, engine: EngineChoice, concurrency: int, round_no: int
 ) -> list[WorkItem]:
+    seed = opts.seed * 1000 + concurrency * 10 + round_no
     if engine.kind == "embedded":
         # A real model on two shared cores: a few short answers keep the run under 10 minutes.
         n = opts.requests or concurrency
         return sharegpt_like(n, opts.seed * 1000 + concurrency, max_prompt=48, max_output=16)
+    if engine.kind == "vllm":
+        n = opts.requests or max(8, 2 * concurrency)
+        cap = min(opts.max_output, 1024)
+        return sharegpt_like(n, seed, max_prompt=VLLM_MAX_PROMPT, max_output=cap, ignore_eos=True)
     if engine.rate > 0:
         n = opts.requests or max(4, concurrency)
         cap = min(opts.max_output, 256)
@@ -121,7 +232,14 @@ def _items_for(
         n = opts.requests or max(32, 4 * concurrency)
         cap = opts.max_output
     # The same seed per (concurrency, round) for every configuration: identical work.
-    return sharegpt_like(n, opts.seed * 1000 + concurrency * 10 + round_no, max_output=cap)
+    return sharegpt_like(n, seed, max_output=cap)
+
+
+def _warm_items(opts: Options, engine: EngineChoice) -> list[WorkItem]:
+    vllm = engine.kind == "vllm"
+    return sharegpt_like(
+        4, opts.seed, max_prompt=VLLM_MAX_PROMPT if vllm else 2048, max_output=16, ignore_eos=vllm
+    )
 
 
 async def _serve(
@@ -131,7 +249,7 @@ async def _serve(
     cells: list[CellResult] = []
     try:
         await clients.open()
-        warm = sharegpt_like(4, opts.seed, max_output=16)
+        warm = _warm_items(opts, engine)
         for config in CONFIGS:
             await run_cell(clients, engine.name, config, warm, 4, -1)
         rounds = opts.rounds if engine.kind != "embedded" else 1
@@ -180,11 +298,14 @@ def run(opts: Options) -> Path:
     t_start = time.perf_counter()
     notes: list[str] = []
     _wait_quiet(opts)
+    probe = detect_gpus()
+    machine = describe_machine()
+    machine.update(gpus=[g.to_dict() for g in probe.gpus], gpu_probe=probe.problem)
     doc: dict[str, object] = {
         "format": "openpcc-bench/1",
         "scenario": opts.scenario,
         "started": stamp,
-        "machine": describe_machine(),
+        "machine": machine,
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in _opts_dict(opts).items()},
         "loadavg_start": os.getloadavg(),
     }
@@ -194,9 +315,13 @@ def run(opts: Options) -> Path:
     serving: dict[str, object] = {}
     micro_out: dict[str, object] = {}
     startup_out: dict[str, object] = {}
+    cvm_out: dict[str, object] = {}
     tmp = Path(tempfile.mkdtemp(prefix="openpcc-bench-"))
     try:
-        engines = _engines(opts, notes)
+        engines = _engines(opts, notes, probe)
+        if "serving" in want and opts.scenario != "smoke":
+            # First: a CVM that does not verify stops the run before anything is measured.
+            cvm_out = _measure_cvm(opts, tmp, notes)
         for i, (engine, levels) in enumerate(engines):
             first = i == 0
             if "serving" not in want and not (first and want & {"micro", "startup"}):
@@ -208,7 +333,9 @@ def run(opts: Options) -> Path:
                     cells = asyncio.run(_serve(stack, engine, levels, opts))
                     serving[engine.name] = {
                         "description": engine.describe(),
+                        "kind": engine.kind,
                         "rate": engine.rate,
+                        **_engine_facts(engine, stack),
                         "concurrency": list(levels),
                         "cells": [c.to_dict() for c in cells],
                         "summary": summarize_serving(cells),
@@ -225,10 +352,15 @@ def run(opts: Options) -> Path:
             startup_out["cold_start"] = startup.cold_start_runs(
                 tmp / "coldstart", EngineChoice("synthetic-max", "synthetic"), opts.cold_runs
             )
+    except OpenPCCError:
+        with contextlib.suppress(OSError):
+            outdir.rmdir()  # only when nothing was written: a refused run leaves no results
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     doc.update(
         serving=serving,
+        cvm=cvm_out,
         micro=micro_out,
         startup=startup_out,
         notes=notes,
@@ -240,6 +372,117 @@ def run(opts: Options) -> Path:
 
     report.write_all(doc, outdir, plots=opts.plots, publish=opts.publish, log=opts.log)
     return outdir
+
+
+def _engine_facts(engine: EngineChoice, stack: Stack) -> dict[str, object]:
+    """For vLLM: the model and the exact argv the gateway's supervisor ran."""
+    if engine.kind != "vllm":
+        return {}
+    port = int(stack.engine_url.rsplit(":", 1)[1])
+    spec = EngineSpec(kind="vllm", model=engine.model, args=engine.args, port=port)
+    return {
+        "model": engine.model,
+        "engine_args": list(engine.args),
+        "engine_argv": engine_command(spec, port),
+        "vllm_executable": vllm_executable(),
+    }
+
+
+def _measure_cvm(opts: Options, tmp: Path, notes: list[str]) -> dict[str, object]:
+    """Engine outside vs inside a CVM, when one is named (or runs on this TEE host)."""
+    with contextlib.ExitStack() as stack:
+        if opts.cvm_url:
+            target = cvm.url_target(opts.cvm_url, opts.cvm_trust)
+        elif opts.cvm_vm:
+            opts.log("[cvm] --cvm vm: the sealed image under QEMU/TCG (emulated: minutes)")
+            target = stack.enter_context(
+                cvm.emulated_target(tmp / "cvm-vm", opts.cvm_image_recipe, log=opts.log)
+            )
+        else:
+            found = _host_cvm(opts, notes)
+            if found is None:
+                return {}
+            target = found
+        auto = target.how == "this host's appliance"
+        opts.log(f"[cvm] verifying {target.url} ({target.how}) before measuring anything")
+        try:
+            node = asyncio.run(cvm.verify_target(target))
+            engine = cvm.outside_engine(node, opts.cvm_engine)
+        except TransportError as e:
+            if not auto:
+                raise
+            notes.append(f"engine outside vs inside a CVM not measured: {e}")
+            return {}
+        except OpenPCCError as e:
+            if not auto or "needs a GPU" not in str(e):
+                raise
+            notes.append(f"engine outside vs inside a CVM not measured: {e}")
+            return {}
+        facts = cvm.node_facts(node)
+        opts.log(f"[cvm] verified: {facts['tee']}, measurement {str(facts['measurement'])[:16]}…")
+        if node.simulated:
+            opts.log(f"[cvm] {cvm.SIMULATED_WARNING}")
+            notes.append(cvm.SIMULATED_WARNING)
+        vm = target.how == "--cvm vm"
+        levels = opts.cvm_concurrency or (
+            (1, 4)
+            if vm
+            else opts.embedded_concurrency
+            if engine.kind == "embedded"
+            else opts.concurrency
+        )
+
+        def items(c: int, r: int) -> list[WorkItem]:
+            if vm:
+                n = opts.requests or 8
+                return sharegpt_like(n, opts.seed * 1000 + c * 10 + r, max_output=64)
+            return _items_for(opts, engine, c, r)
+
+        rounds = opts.rounds if engine.kind != "embedded" else 1
+        opts.log(f"[cvm] outside: {engine.describe()}: starting the local appliance")
+        with running_stack(tmp / "cvm-outside", engine) as local:
+            cells = asyncio.run(
+                cvm.measure_pair(
+                    local,
+                    target,
+                    engine,
+                    levels,
+                    rounds,
+                    items,
+                    _warm_items(opts, engine),
+                    opts.log,
+                )
+            )
+    return {
+        "target": {"url": target.url, "how": target.how, "trust": target.trust_source, **facts},
+        "simulated": node.simulated,
+        "warning": cvm.SIMULATED_WARNING if node.simulated else None,
+        "outside": {
+            "engine": engine.name,
+            "description": engine.describe(),
+            **(
+                {"model": engine.model, "engine_args": list(engine.args)}
+                if engine.kind == "vllm"
+                else {}
+            ),
+        },
+        "concurrency": list(levels),
+        "cells": [c.to_dict() for c in cells],
+        "summary": cvm.summarize_pair(cells),
+    }
+
+
+def _host_cvm(opts: Options, notes: list[str]) -> cvm.CvmTarget | None:
+    """On a TEE host whose appliance runs in a CVM: that appliance; else a note saying why not."""
+    from appliance.doctor import detect_host
+
+    if detect_host().tee is not None:
+        paths = StatePaths(opts.host_state) if opts.host_state else StatePaths.default()
+        target, _ = cvm.appliance_target(paths)
+        if target is not None:
+            return target
+    notes.append(_no_cvm_note(opts))
+    return None
 
 
 def _micro(stack: Stack, opts: Options, outdir: Path, notes: list[str]) -> dict[str, object]:

@@ -60,15 +60,21 @@ def embedded_available() -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class EngineChoice:
-    """``synthetic``: the fake engine at ``rate`` tokens/s (0 = unpaced); or ``embedded``."""
+    """``synthetic``: the fake engine at ``rate`` tokens/s (0 = unpaced); ``embedded``; or
+    ``vllm`` serving ``model`` with ``args`` (the gateway's supervisor runs ``vllm serve``)."""
 
     name: str
     kind: str
     rate: float = 0.0
+    model: str = ""
+    args: tuple[str, ...] = ()
 
     def describe(self) -> str:
         if self.kind == "embedded":
             return "embedded engine (llama.cpp, Gemma 3 270M Q4_K_M, CPU)"
+        if self.kind == "vllm":
+            extra = f" {' '.join(self.args)}" if self.args else ""
+            return f"vLLM serving {self.model}{extra} (GPU)"
         if self.rate > 0:
             return f"synthetic engine, {self.rate:g} tokens/s per stream"
         return "synthetic engine, unpaced (as fast as it can)"
@@ -101,6 +107,10 @@ def provision(
     gw_port, engine_port = free_port(), free_port()
     if engine.kind == "embedded":
         lifecycle.provision_simulated(paths, port=gw_port, engine="embedded")
+    elif engine.kind == "vllm":
+        lifecycle.provision_simulated(
+            paths, port=gw_port, engine="vllm", model=engine.model, engine_args=engine.args
+        )
     else:
         argv = [sys.executable, str(FAKE_ENGINE), "--port", "{port}", "--tokens", "16"]
         if engine.rate > 0:

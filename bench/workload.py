@@ -28,15 +28,21 @@ class WorkItem:
     prompt_tokens: int
     output_tokens: int
     prompt: str
+    ignore_eos: bool = False
+    """vLLM's ``ignore_eos``: a real model would otherwise stop at its end-of-sequence token
+    and the output lengths would no longer follow the mix (vLLM's own benchmark sets it too)."""
 
     def payload(self) -> dict[str, object]:
         """The OpenAI chat request, streamed, asking for exactly ``output_tokens``."""
-        return {
+        out: dict[str, object] = {
             "model": "openpcc-model",
             "messages": [{"role": "user", "content": self.prompt}],
             "max_tokens": self.output_tokens,
             "stream": True,
         }
+        if self.ignore_eos:
+            out["ignore_eos"] = True
+        return out
 
 
 def _vocabulary(rng: random.Random, size: int = 512) -> list[str]:
@@ -50,6 +56,7 @@ def sharegpt_like(
     max_prompt: int = 2048,
     max_output: int = 1024,
     min_output: int = 4,
+    ignore_eos: bool = False,
 ) -> list[WorkItem]:
     """``n`` requests; the same ``seed`` gives the same list on every machine."""
     rng = random.Random(seed)
@@ -61,5 +68,5 @@ def sharegpt_like(
         p = max(4, min(max_prompt, p))
         o = max(min_output, min(max_output, o))
         words = rng.choices(vocab, k=p)
-        items.append(WorkItem(i, p, o, " ".join(words)))
+        items.append(WorkItem(i, p, o, " ".join(words), ignore_eos))
     return items
