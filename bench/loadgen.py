@@ -34,11 +34,12 @@ __all__ = [
     "sealed_streamer",
 ]
 
-Config = Literal["direct", "httpx", "gateway", "full"]
-CONFIGS: tuple[Config, ...] = ("direct", "httpx", "gateway", "full")
+Config = Literal["direct", "httpx", "proxy", "gateway", "full"]
+CONFIGS: tuple[Config, ...] = ("direct", "httpx", "proxy", "gateway", "full")
 CONFIG_LABELS: Mapping[str, str] = {
     "direct": "engine direct",
     "httpx": "engine direct (httpx)",
+    "proxy": "engine via a null TCP proxy",
     "gateway": "client -> gateway",
     "full": "client -> relay -> gateway",
 }
@@ -212,6 +213,9 @@ class Clients:
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
         self.http = EngineHttp.for_url(stack.engine_url)
+        # The engine-direct workload through a do-nothing forwarder (bench.nullproxy): the
+        # floor for any extra process and hop, before a gateway does any work of its own.
+        self.proxied = EngineHttp.for_url(stack.proxy_url) if stack.proxy_url else None
         limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
         self.httpx = httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits)
         self.gateway = Session(stack.gateway_url, trust=stack.trust, policy=stack.policy)
@@ -223,6 +227,8 @@ class Clients:
 
     async def aclose(self) -> None:
         self.http.close()
+        if self.proxied is not None:
+            self.proxied.close()
         await self.httpx.aclose()
         await self.gateway.aclose()
         await self.full.aclose()
@@ -232,6 +238,10 @@ class Clients:
             return _direct(self.http)
         if config == "httpx":
             return _direct_httpx(self.httpx, self.stack.engine_url)
+        if config == "proxy":
+            if self.proxied is None:
+                raise ValueError("this stack has no null proxy")
+            return _direct(self.proxied)
         return _sealed(self.gateway if config == "gateway" else self.full)
 
 

@@ -15,7 +15,13 @@ from bench.loadgen import CONFIG_LABELS, CONFIGS
 
 __all__ = ["write_plots"]
 
-COLORS = {"direct": "#1b9e77", "httpx": "#a6761d", "gateway": "#d95f02", "full": "#7570b3"}
+COLORS = {
+    "direct": "#1b9e77",
+    "httpx": "#a6761d",
+    "proxy": "#666666",
+    "gateway": "#d95f02",
+    "full": "#7570b3",
+}
 
 
 def _cdf(ax: Any, xs: list[float], label: str, color: str) -> None:

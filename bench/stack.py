@@ -34,6 +34,7 @@ __all__ = [
     "embedded_available",
     "free_port",
     "running_stack",
+    "start_null_proxy",
     "stop_orphaned_engine",
 ]
 
@@ -91,9 +92,14 @@ class Stack:
     gateway_pid: int
     engine_pid: int | None
     relay: subprocess.Popen[bytes]
+    proxy_url: str = ""
+    """A do-nothing TCP forwarder to the engine (bench.nullproxy); "" when not started."""
+    proxy: subprocess.Popen[bytes] | None = None
 
     def pids(self) -> dict[str, int]:
         out = {"gateway": self.gateway_pid, "relay": self.relay.pid}
+        if self.proxy is not None:
+            out["proxy"] = self.proxy.pid
         if self.engine_pid is not None:
             out["engine"] = self.engine_pid
         return out
@@ -154,6 +160,34 @@ def start_relay(gateway_url: str) -> tuple[subprocess.Popen[bytes], str]:
     return proc, url
 
 
+def _wait_tcp(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1.0):
+            return
+        time.sleep(0.05)
+    raise TransportError(f"the null proxy on port {port} did not listen in {timeout:g}s")
+
+
+def start_null_proxy(engine_port: int) -> tuple[subprocess.Popen[bytes], str]:
+    """The floor for any extra hop: bench.nullproxy forwarding a loopback port to the engine."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.nullproxy", str(port), str(engine_port)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        _wait_tcp(port, 30.0)
+    except TransportError:
+        stop_process(proc)
+        raise
+    return proc, f"http://127.0.0.1:{port}"
+
+
 def stop_process(proc: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
@@ -199,7 +233,9 @@ def running_stack(
         record = lifecycle.gateway_status(paths)
         gateway_url = str(record["gateway_url"])
         relay, relay_url = start_relay(gateway_url)
+        proxy: subprocess.Popen[bytes] | None = None
         try:
+            proxy, proxy_url = start_null_proxy(engine_port)
             yield Stack(
                 paths=paths,
                 gateway_url=gateway_url,
@@ -210,9 +246,13 @@ def running_stack(
                 gateway_pid=gw_pid,
                 engine_pid=eng_pid,
                 relay=relay,
+                proxy_url=proxy_url,
+                proxy=proxy,
             )
         finally:
             stop_process(relay)
+            if proxy is not None:
+                stop_process(proxy)
     finally:
         lifecycle.down(paths)
         stop_orphaned_engine(eng_pid)

@@ -22,6 +22,7 @@ def summarize_serving(cells: Sequence[CellResult]) -> list[dict[str, object]]:
     for conc in levels:
         direct = {c.round: c for c in by.get(("direct", conc), [])}
         via_httpx = {c.round: c for c in by.get(("httpx", conc), [])}
+        via_proxy = {c.round: c for c in by.get(("proxy", conc), [])}
         for config in CONFIGS:
             group = by.get((config, conc), [])
             if not group:
@@ -34,6 +35,7 @@ def summarize_serving(cells: Sequence[CellResult]) -> list[dict[str, object]]:
             ratios: list[float] = []
             added_ttft: list[float] = []
             to_httpx: list[float] = []
+            to_proxy: list[float] = []
             for c in group:
                 d = direct.get(c.round)
                 if d is None or d.tokens_per_s <= 0:
@@ -45,6 +47,9 @@ def summarize_serving(cells: Sequence[CellResult]) -> list[dict[str, object]]:
                 h = via_httpx.get(c.round)
                 if h is not None and h.tokens_per_s > 0:
                     to_httpx.append(c.tokens_per_s / h.tokens_per_s)
+                x = via_proxy.get(c.round)
+                if x is not None and x.tokens_per_s > 0:
+                    to_proxy.append(c.tokens_per_s / x.tokens_per_s)
             tokens = sum(s.tokens for s in ok)
             cpu: dict[str, float] = defaultdict(float)
             for c in group:
@@ -67,6 +72,9 @@ def summarize_serving(cells: Sequence[CellResult]) -> list[dict[str, object]]:
                     "ratio_to_direct_rounds": ratios,
                     # The same path against the engine reached through httpx (OpenAI SDK's client).
                     "ratio_to_httpx": stats.median(to_httpx) if to_httpx else None,
+                    # The same path against the engine behind a do-nothing TCP forwarder: what
+                    # OpenPCC's own work costs beyond one more process and hop.
+                    "ratio_to_proxy": stats.median(to_proxy) if to_proxy else None,
                     "added_ttft_p50_s": stats.median(added_ttft),
                     "cpu_ms_per_token": {
                         role: 1000.0 * secs / tokens if tokens else 0.0

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.loadgen import CONFIGS
 from bench.runner import Options, run
 from bench.workload import sharegpt_like
 
@@ -41,7 +42,7 @@ def test_smoke_scenario_writes_results(tmp_path: Path) -> None:
 
     engine = doc["serving"]["synthetic-max"]
     configs = {(c["config"], c["concurrency"]) for c in engine["cells"]}
-    assert configs == {(cfg, c) for cfg in ("direct", "httpx", "gateway", "full") for c in (1, 2)}
+    assert configs == {(cfg, c) for cfg in CONFIGS for c in (1, 2)}
     for cell in engine["cells"]:
         assert cell["errors"] == 0
         assert len(cell["samples"]) == 3
@@ -51,6 +52,8 @@ def test_smoke_scenario_writes_results(tmp_path: Path) -> None:
     rows = {(r["config"], r["concurrency"]): r for r in engine["summary"]}
     assert rows[("direct", 1)]["ratio_to_direct"] == pytest.approx(1.0)
     assert rows[("full", 2)]["ratio_to_direct"] > 0
+    assert rows[("gateway", 2)]["ratio_to_proxy"] > 0  # the null-proxy floor, same rounds
+    assert "null TCP proxy" in (outdir / "report.md").read_text()
     assert {"p50", "p95", "p99"} <= set(rows[("gateway", 1)]["ttft_s"])
 
     micro = doc["micro"]["summary"]
