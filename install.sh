@@ -28,10 +28,11 @@ Intel TDX it sets up the SIMULATED appliance, which is NOT CONFIDENTIAL, and say
 
 On an AMD SEV-SNP (or Intel TDX) host, --recipe launches a release as the confidential VM: the
 doctor checks the host, the OS packages it needs are installed (after asking), the GPU's binding
-to vfio-pci and kernel parameters are changed only after asking, then the release is measured,
-appended to the transparency log and started as the systemd unit openpcc-cvm.service; install.sh
-succeeds only once the CVM's attestation verifies as a client would verify it. On failure it
-stops at the failing step and prints the doctor's line for it.
+to vfio-pci (now, and from boot on through /etc/modprobe.d) and kernel parameters are changed
+only after asking, then the release is measured, appended to the transparency log, written with
+its inclusion proof to a read-only provisioning disk and started as the systemd unit
+openpcc-cvm.service; install.sh succeeds only once the CVM's attestation verifies as a client
+would verify it. On failure it stops at the failing step and prints the doctor's line for it.
 
   --recipe FILE  TEE host: the release recipe (TOML) to launch as the confidential VM
   --dev          also install the development tools and the OS packages the tests use
@@ -54,6 +55,7 @@ Test hooks (used only by the tests; never set them on a real host):
   OPENPCC_TEST_SYSTEMCTL        systemctl (a recording stub)
   OPENPCC_TEST_UNIT_DIR         write the unit here instead of /etc/systemd/system
   OPENPCC_TEST_APT              apt-get (a recording stub)
+  OPENPCC_TEST_JOURNALCTL       journalctl (a recording stub)
   OPENPCC_TEST_SIMULATION_ROOT  accept SIMULATED evidence signed by this root when verifying
   OPENPCC_TEST_SKIP_VENV=1      use .venv as it is: no venv creation, no pip
 
@@ -171,7 +173,7 @@ add_kernel_args() {
 }
 
 tee_install() {
-  local app="$VENV/bin/openpcc-appliance" report tee pkgs args bdf changed=0
+  local app="$VENV/bin/openpcc-appliance" report tee pkgs args bdf ids changed=0
   [ -f "$RECIPE" ] || die "no recipe at $RECIPE" "pass the release recipe TOML with --recipe"
   step "Host check (doctor)"
   report="$(doctor_json)"
@@ -208,6 +210,21 @@ tee_install() {
       stop_at "host changes (GPU $bdf stays on its driver)" "$report" "GPU $bdf binding"
     fi
   done
+  [ "$changed" = 0 ] || report="$(doctor_json)"
+  ids="$(printf '%s\n' "$report" | dq remedy:vfio-persist)"
+  if [ -n "$ids" ]; then
+    local where=""
+    [ "$HOST_ROOT" = / ] || where=" under $HOST_ROOT"
+    printf '    GPUs %s are on vfio-pci until the next reboot only\n' "$ids"
+    if confirm "Keep them on vfio-pci from boot? Writes /etc/modprobe.d/openpcc-vfio.conf and /etc/modules-load.d/openpcc-vfio.conf$where, then runs update-initramfs -u."; then
+      "$app" persist-vfio --yes --root "$HOST_ROOT" | sed 's/^/    /' \
+        || die "writing the vfio-pci configuration failed" "run '$app persist-vfio' as root"
+      if [ "$HOST_ROOT" = / ] && command -v update-initramfs >/dev/null; then update-initramfs -u; fi
+      changed=1
+    else
+      warn "the GPUs return to their host driver at the next reboot (run '$app persist-vfio' later)"
+    fi
+  fi
   args="$(printf '%s\n' "$report" | dq remedy:kernel-cmdline)"
   if [ -n "$args" ]; then
     if confirm "Add '$args' to the kernel command line (GRUB)? The host must reboot afterwards."; then
@@ -236,7 +253,7 @@ tee_install() {
   if [ "$START" = 1 ]; then
     step "Starting the CVM (systemd unit openpcc-cvm.service) and verifying its attestation"
     "$app" up --timeout "${OPENPCC_UP_TIMEOUT:-900}" || die "the CVM did not start or did not verify" \
-      "'$app status' shows the boot log; journalctl -u openpcc-cvm.service"
+      "'$app logs' shows the CVM's serial console and the unit's journal"
   fi
 
   printf '\n%sSummary%s\n' "$B" "$N"

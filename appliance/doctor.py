@@ -8,7 +8,9 @@ a fake tree, whose ``dev/sev`` is a regular file, records that ioctl's answer as
 
 Each check yields one line: pass, warn, fail or info, the fix, and, where software can apply the
 fix, a machine-readable ``remedy`` that install.sh acts on (always after asking):
-``apt:PKG ...`` (OS packages), ``vfio:BDF`` (bind a GPU to vfio-pci), ``kernel-cmdline:ARGS``.
+``apt:PKG ...`` (OS packages), ``vfio:BDF`` (bind a GPU to vfio-pci), ``kernel-cmdline:ARGS``,
+``vfio-persist:VENDOR:DEVICE,...`` (keep the GPUs on vfio-pci across reboots:
+:func:`vfio_config_files`, written by ``openpcc-appliance persist-vfio``).
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ __all__ = [
     "parse_snp_status",
     "read_snp_platform_status",
     "run_checks",
+    "vfio_config_files",
+    "vfio_ids",
+    "vfio_persistence_missing",
 ]
 
 NVIDIA_VENDOR = "0x10de"
@@ -786,6 +791,103 @@ def _image_tools_check(root: Path) -> Check:
     )
 
 
+# -- vfio-pci at boot -----------------------------------------------------------------------------
+
+VFIO_MODPROBE = "etc/modprobe.d/openpcc-vfio.conf"
+VFIO_MODULES_LOAD = "etc/modules-load.d/openpcc-vfio.conf"
+_MODPROBE_DIRS = ("etc/modprobe.d", "run/modprobe.d", "usr/lib/modprobe.d", "lib/modprobe.d")
+_MODULES_LOAD_DIRS = ("etc/modules-load.d", "run/modules-load.d", "usr/lib/modules-load.d")
+
+
+def vfio_ids(gpus: tuple[Gpu, ...] | list[Gpu]) -> list[str]:
+    """``VENDOR:DEVICE`` (``10de:2331``) of each CC-capable GPU, sorted, each once."""
+    ids = {f"{NVIDIA_VENDOR[2:]}:{g.device.removeprefix('0x')}" for g in gpus if g.cc_capable}
+    return sorted(ids)
+
+
+def vfio_config_files(gpus: tuple[Gpu, ...] | list[Gpu]) -> dict[str, str]:
+    """The files that keep ``gpus`` on vfio-pci from boot, by path under the host root."""
+    found = ", ".join(f"{g.address} {g.model}" for g in sorted(gpus, key=lambda g: g.address))
+    head = (
+        "# Written by `openpcc-appliance persist-vfio` (install.sh asks first): the\n"
+        f"# confidential-computing GPUs stay on vfio-pci across reboots ({found}).\n"
+        "# Delete this file (and update-initramfs -u) to give them back to their driver.\n"
+    )
+    return {
+        VFIO_MODPROBE: head
+        + f"options vfio-pci ids={','.join(vfio_ids(gpus))}\n"
+        + "softdep nvidia pre: vfio-pci\n",
+        VFIO_MODULES_LOAD: head + "vfio-pci\n",
+    }
+
+
+def _conf_lines(root: Path, dirs: tuple[str, ...]) -> list[list[str]]:
+    out: list[list[str]] = []
+    for d in dirs:
+        directory = root / d
+        if not directory.is_dir():
+            continue
+        for f in sorted(directory.glob("*.conf")):
+            try:
+                text = f.read_text()
+            except (OSError, UnicodeDecodeError):
+                continue
+            for line in text.splitlines():
+                words = line.split("#", 1)[0].split()
+                if words:
+                    out.append(words)
+    return out
+
+
+def _module(name: str) -> str:
+    return name.replace("-", "_")
+
+
+def vfio_persistence_missing(root: Path, gpus: tuple[Gpu, ...] | list[Gpu]) -> list[str]:
+    """What the host's modprobe.d and modules-load.d lack to bind ``gpus`` to vfio-pci at boot.
+
+    Any file counts (the operator may have written their own), as modprobe and
+    systemd-modules-load read them all.
+    """
+    ids: set[str] = set()
+    softdep = False
+    for words in _conf_lines(root, _MODPROBE_DIRS):
+        if words[0] == "options" and len(words) > 2 and _module(words[1]) == "vfio_pci":
+            for opt in words[2:]:
+                if opt.startswith("ids="):
+                    ids.update(i.lower() for i in opt[4:].split(","))
+        if words[0] == "softdep" and len(words) > 3 and _module(words[1]) == "nvidia":
+            pre = words[words.index("pre:") + 1 :] if "pre:" in words else []
+            softdep = softdep or "vfio_pci" in {_module(w) for w in pre}
+    loads = any(_module(words[0]) == "vfio_pci" for words in _conf_lines(root, _MODULES_LOAD_DIRS))
+    missing = [f"ids {i}" for i in vfio_ids(gpus) if i not in ids]
+    if not softdep:
+        missing.append("softdep nvidia pre: vfio-pci")
+    if not loads:
+        missing.append("vfio-pci in modules-load.d")
+    return missing
+
+
+def _vfio_persistence_check(root: Path, facts: HostFacts) -> Check | None:
+    bound = [g for g in facts.gpus if g.cc_capable and g.driver == "vfio-pci"]
+    if not bound:
+        return None
+    name = "vfio-pci at boot"
+    missing = vfio_persistence_missing(root, bound)
+    if not missing:
+        return Check(name, "pass", "the GPUs are bound to vfio-pci from boot (modprobe.d)")
+    gpus = ", ".join(g.address for g in bound)
+    return Check(
+        name,
+        "warn",
+        f"GPU {gpus} is on vfio-pci now but returns to its driver at the next reboot "
+        f"(modprobe.d lacks {'; '.join(missing)})",
+        f"`sudo openpcc-appliance persist-vfio` writes /{VFIO_MODPROBE} and "
+        f"/{VFIO_MODULES_LOAD} (install.sh asks first)",
+        f"vfio-persist:{','.join(vfio_ids(bound))}",
+    )
+
+
 def run_checks(root: Path = Path("/"), options: DoctorOptions | None = None) -> list[Check]:
     """Every requirement, one line each, in the order an operator fixes them."""
     opts = options or DoctorOptions()
@@ -795,6 +897,9 @@ def run_checks(root: Path = Path("/"), options: DoctorOptions | None = None) -> 
         out.append(_snp_firmware_check(root, facts, opts))
     out += _iommu_checks(root, facts)
     out += _gpu_checks(root, facts, opts)
+    persistence = _vfio_persistence_check(root, facts)
+    if persistence is not None:
+        out.append(persistence)
     out.append(_qemu_check(facts, opts))
     if facts.tee is not None:
         out.append(_firmware_check(root, facts, opts))

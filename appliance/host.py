@@ -1,14 +1,18 @@
 """The appliance on a real TEE host: the confidential VM as a systemd unit running QEMU.
 
 - ``provision``: measure the release recipe, append the release manifest to the transparency
-  log, and write ``openpcc-cvm.service`` whose ExecStart is the release's QEMU command line
-  (``cvm_boot.qemu``), the CC GPUs passed through on vfio-pci. The unit holds no secret: paths,
-  the measured kernel command line and public digests only.
+  log, write the provisioning disk (public data only: the manifest, the log's entries, checkpoint
+  and verifier key, the inclusion proof; ``cvm_boot.image.provision.provision_host``) and
+  ``openpcc-cvm.service`` whose ExecStart is the release's QEMU command line (``cvm_boot.qemu``),
+  the CC GPUs passed through on vfio-pci. The unit holds no secret: paths, the measured kernel
+  command line and public digests only.
 - ``up``: ``systemctl daemon-reload`` and ``start``, wait for the gateway's ``/healthz`` over the
   forwarded port, then verify its attestation exactly as a client would (fresh nonce, pinned
   vendor roots, the log key) and check that it runs the release provisioned here.
 - ``down``: ``systemctl stop``. ``status``: the public endpoints and the host-side boot log
-  (the guest's serial console) only.
+  (the guest's serial console) only. ``logs``: the serial console and the unit's journal
+  (QEMU's own messages), the only logs the host can read; everything else inside the CVM is in
+  encrypted memory, and the image has no shell, ssh or log export.
 
 Every external command goes through a :data:`~appliance.runner.Runner`. The test hooks in
 :data:`TEST_HOOKS` are read from the environment by :meth:`HostConfig.from_env`; they exist for
@@ -31,7 +35,7 @@ from pathlib import Path
 import httpx
 from cryptography import x509
 
-from appliance.doctor import DoctorOptions, HostFacts, detect_host
+from appliance.doctor import DoctorOptions, HostFacts, detect_host, vfio_config_files
 from appliance.runner import Completed, Runner, run_command
 from appliance.state import ApplianceRecord, StatePaths
 from attest.bundle import ClientPolicy, TrustAnchors, VerificationRun
@@ -40,6 +44,7 @@ from attest.nvgpu import pinned_nvidia_roots
 from attest.sevsnp.validate import SnpPolicy
 from attest.sevsnp.verify import load_certificates, pinned_roots
 from attest.tlog import VerifierKey
+from cvm_boot.image.provision import provision_host
 from cvm_boot.manifest import build_manifest, canonical_json
 from cvm_boot.measure import expected_measurement
 from cvm_boot.qemu import qemu_command
@@ -51,9 +56,13 @@ __all__ = [
     "TEST_HOOKS",
     "UNIT_NAME",
     "HostConfig",
+    "HostLogs",
     "HostProvisionResult",
     "HostRecord",
     "down",
+    "follow_serial",
+    "logs",
+    "persist_vfio",
     "provision",
     "provisioned_mode",
     "status",
@@ -67,12 +76,14 @@ HOST_MODES = ("sev-snp", "tdx")
 UNIT_NAME = "openpcc-cvm.service"
 HOST_RECORD = "host.json"
 SERIAL_LOG = "serial.log"
+PROVISION_DIR = "provision"
 BOOT_LOG_LINES = 20
 # Test hooks (environment variables): tests and install.sh's test mode only.
 TEST_HOOKS = {
     "OPENPCC_TEST_HOST_ROOT": "host root the doctor and provisioning read (a fake sysfs tree)",
     "OPENPCC_TEST_QEMU": "the QEMU binary (a recording stub)",
     "OPENPCC_TEST_SYSTEMCTL": "systemctl (a recording stub)",
+    "OPENPCC_TEST_JOURNALCTL": "journalctl (a recording stub)",
     "OPENPCC_TEST_UNIT_DIR": "where the unit is written instead of /etc/systemd/system",
     "OPENPCC_TEST_SIMULATION_ROOT": "accept SIMULATED evidence signed by this root PEM when "
     "verifying the CVM",
@@ -91,6 +102,7 @@ class HostConfig:
     root: Path = Path("/")
     qemu: str = "qemu-system-x86_64"
     systemctl: str = "systemctl"
+    journalctl: str = "journalctl"
     unit_dir: Path = Path("/etc/systemd/system")
     gpu_tools: str = "nvidia_gpu_tools.py"
     simulation_root: Path | None = None
@@ -105,6 +117,7 @@ class HostConfig:
             root=Path(e.get("OPENPCC_TEST_HOST_ROOT") or base.root),
             qemu=e.get("OPENPCC_TEST_QEMU") or base.qemu,
             systemctl=e.get("OPENPCC_TEST_SYSTEMCTL") or base.systemctl,
+            journalctl=e.get("OPENPCC_TEST_JOURNALCTL") or base.journalctl,
             unit_dir=Path(e.get("OPENPCC_TEST_UNIT_DIR") or base.unit_dir),
             gpu_tools=e.get("OPENPCC_GPU_ADMIN_TOOLS") or base.gpu_tools,
             simulation_root=Path(sim) if sim else None,
@@ -149,6 +162,7 @@ class HostRecord:
     serial_log: str
     gpus: tuple[str, ...]
     argv: tuple[str, ...]
+    provision_image: str = ""  # records written before the disk existed load without it
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -291,6 +305,18 @@ def provision(
         f"{'' if appended else ' (already logged)'}, log key {log.verifier_key}"
     )
 
+    try:
+        disk = provision_host(data, paths.log, paths.root / PROVISION_DIR)
+    except OSError as e:
+        raise ParseError(
+            f"cannot write the provisioning disk: {e}",
+            hint="mksquashfs (squashfs-tools) builds it; see the doctor's 'Image tools' line",
+        ) from e
+    say(
+        f"disk: {disk.image} (manifest, log checkpoint of size {disk.tree_size}, inclusion "
+        "proof; public data, attached read-only)"
+    )
+
     qemu = shutil.which(config.qemu) or config.qemu
     serial = paths.logs / SERIAL_LOG
     argv = tuple(
@@ -300,6 +326,7 @@ def provision(
             gpus=gpus,
             serial_log=serial,
             gateway_port=port,
+            provision_image=disk.image,
             qemu_binary=qemu,
             iommufd=(config.root / "dev" / "iommu").exists(),
         )
@@ -326,6 +353,7 @@ def provision(
         serial_log=str(serial),
         gpus=gpus,
         argv=argv,
+        provision_image=str(disk.image),
     ).save(paths.root / HOST_RECORD)
     return HostProvisionResult(
         tee, measurement, index, log.verifier_key, config.unit_path, argv, gpus
@@ -502,6 +530,7 @@ def status(paths: StatePaths) -> dict[str, object]:
             measurement=host.measurement,
             log_index=host.log_index,
             gpus=list(host.gpus),
+            serial_log=host.serial_log,
             boot_log=_boot_log_tail(host.serial_log),
         )
     try:
@@ -511,3 +540,114 @@ def status(paths: StatePaths) -> dict[str, object]:
     except (httpx.HTTPError, json.JSONDecodeError):
         pass
     return out
+
+
+# -- logs ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HostLogs:
+    """What the host can read of the CVM: its serial console and the unit's journal."""
+
+    unit: str
+    serial_log: str
+    serial: tuple[str, ...]
+    journal: tuple[str, ...]
+    journal_error: str | None = None
+
+
+def logs(
+    paths: StatePaths,
+    config: HostConfig,
+    *,
+    runner: Runner = run_command,
+    lines: int = BOOT_LOG_LINES,
+) -> HostLogs:
+    """The last ``lines`` of the serial console (as ``status`` shows them) and of the journal.
+
+    The journal holds what systemd and QEMU itself print (start, stop, QEMU's errors); the
+    serial console holds what the guest prints. Neither carries request content: the image's
+    gateway and engine log lifecycle lines only.
+    """
+    host = HostRecord.load(paths.root / HOST_RECORD)
+    res = runner(
+        [config.journalctl, "-u", host.unit, "-n", str(lines), "--no-pager", "-o", "short-iso"]
+    )
+    journal = tuple(res.stdout.splitlines()) if res.ok else ()
+    return HostLogs(
+        unit=host.unit,
+        serial_log=host.serial_log,
+        serial=tuple(_boot_log_tail(host.serial_log, lines)),
+        journal=journal,
+        journal_error=None if res.ok else f"journalctl: {res.first_line()}",
+    )
+
+
+def follow_serial(
+    serial_log: str,
+    emit: Callable[[str], None],
+    *,
+    stop: Callable[[], bool] = lambda: False,
+    poll: float = 0.5,
+) -> None:
+    """Print lines as QEMU appends them to the serial console, from its current end.
+
+    A file that shrinks (the log was rotated or removed and QEMU reopened it) is read again from
+    its start. Returns when ``stop()`` says so (the CLI runs until Ctrl-C).
+    """
+    path = Path(serial_log)
+    pos = path.stat().st_size if path.exists() else 0
+    partial = b""
+    while not stop():
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        if size < pos:
+            pos, partial = 0, b""
+        if size > pos:
+            with path.open("rb") as f:
+                f.seek(pos)
+                chunk = f.read(size - pos)
+            pos += len(chunk)
+            *done, partial = (partial + chunk).split(b"\n")
+            for line in done:
+                emit(line.decode(errors="replace"))
+        else:
+            time.sleep(poll)
+
+
+# -- vfio-pci across reboots ----------------------------------------------------------------------
+
+
+def persist_vfio(root: Path) -> tuple[list[str], list[Path]]:
+    """Keep every CC-capable GPU the doctor finds on vfio-pci from boot; idempotent.
+
+    Writes ``etc/modprobe.d/openpcc-vfio.conf`` (``options vfio-pci ids=...`` and ``softdep
+    nvidia pre: vfio-pci``) and ``etc/modules-load.d/openpcc-vfio.conf`` under ``root``; a file
+    that already says exactly this is left alone. Returns the GPU addresses and the files that
+    changed. The caller asks for consent first (``persist-vfio``'s prompt, or install.sh).
+    """
+    gpus = [g for g in detect_host(root).gpus if g.cc_capable]
+    if not gpus:
+        raise ParseError(
+            "no CC-capable NVIDIA GPU on this host: there is nothing to keep on vfio-pci",
+            hint="`openpcc-appliance doctor` lists the GPUs it finds",
+        )
+    changed: list[Path] = []
+    for rel, text in vfio_config_files(gpus).items():
+        path = root / rel
+        try:
+            if path.is_file() and path.read_text() == text:
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(text)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except OSError as e:
+            raise ParseError(
+                f"cannot write {path}: {e.strerror}", hint="run it as root (sudo)"
+            ) from e
+        changed.append(path)
+    return [g.address for g in gpus], changed

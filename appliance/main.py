@@ -6,6 +6,7 @@ reads only the appliance's public endpoints and its own records.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -87,6 +88,35 @@ def doctor(
         out.print(table)
     if any(c.status == "fail" for c in checks) and facts.tee is not None:
         raise typer.Exit(1)
+
+
+@app.command("persist-vfio")
+def persist_vfio(
+    root: Path | None = typer.Option(None, "--root", help="host root (tests use fake trees)"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="do not ask"),
+) -> None:
+    """Keep the CC GPUs on vfio-pci across reboots (modprobe.d and modules-load.d files)."""
+    config = tee_host.HostConfig.from_env()
+    root = root or config.root
+    if not yes and not typer.confirm(
+        "Write /etc/modprobe.d/openpcc-vfio.conf and /etc/modules-load.d/openpcc-vfio.conf "
+        "so the GPUs stay on vfio-pci after a reboot?"
+    ):
+        raise typer.Exit(1)
+    try:
+        gpus, changed = tee_host.persist_vfio(root)
+    except OpenPCCError as e:
+        raise _fail(e) from e
+    for path in changed:
+        out.print(f"wrote {path}", highlight=False)
+    if changed:
+        out.print(
+            f"GPU {', '.join(gpus)}: bound to vfio-pci from the next boot on; if the initramfs "
+            "loads nvidia, run update-initramfs -u",
+            highlight=False,
+        )
+    else:
+        out.print(f"GPU {', '.join(gpus)}: already bound to vfio-pci at boot", highlight=False)
 
 
 @app.command()
@@ -285,11 +315,52 @@ def status(json_out: bool = typer.Option(False, "--json", help="machine-readable
 
 
 @app.command()
-def logs(lines: int = typer.Option(50, "-n", help="lines from the end")) -> None:
-    """The gateway log, or the emulated VM's serial console (never any request content)."""
-    path = emulated_vm.log_path(StatePaths.default())
+def logs(
+    lines: int = typer.Option(50, "-n", min=1, help="lines from the end"),
+    follow: bool = typer.Option(
+        False, "--follow", "-f", help="keep printing the console as it grows (Ctrl-C stops)"
+    ),
+) -> None:
+    """Host-side logs only, never request content.
+
+    On a TEE host: the CVM's serial console (QEMU writes it to logs/serial.log in the state
+    directory) and `journalctl -u openpcc-cvm.service` (systemd's and QEMU's own messages). Nothing
+    else from inside the CVM is readable by the host: its memory is encrypted and the image has no
+    shell, ssh or log export. In simulation: the gateway log, or the emulated VM's console.
+    """
+    paths = StatePaths.default()
+    if tee_host.provisioned_mode(paths) is not None:
+        _logs_host(paths, lines, follow)
+        return
+    path = emulated_vm.log_path(paths)
     if not path.exists():
         out.print("no log yet")
         return
     for line in path.read_text(errors="replace").splitlines()[-lines:]:
         out.print(line, highlight=False, markup=False)
+    if follow:
+        _follow(str(path))
+
+
+def _follow(path: str) -> None:
+    with contextlib.suppress(KeyboardInterrupt):
+        tee_host.follow_serial(
+            path, lambda ln: out.print(ln, highlight=False, markup=False, soft_wrap=True)
+        )
+
+
+def _logs_host(paths: StatePaths, lines: int, follow: bool) -> None:
+    try:
+        got = tee_host.logs(paths, tee_host.HostConfig.from_env(), lines=lines)
+    except OpenPCCError as e:
+        raise _fail(e) from e
+    out.print(Text(f"== journalctl -u {got.unit} (systemd and QEMU)", style="bold"), soft_wrap=True)
+    if got.journal_error is not None:
+        err.print(f"[yellow]{got.journal_error}[/]", highlight=False)
+    for line in got.journal or (() if got.journal_error else ("(no entries)",)):
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
+    out.print(Text(f"== {got.serial_log} (the CVM's serial console)", style="bold"), soft_wrap=True)
+    for line in got.serial or ("(empty: the CVM has not printed anything yet)",):
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
+    if follow:
+        _follow(got.serial_log)

@@ -2,10 +2,12 @@
 
 The guest gets: the recipe's firmware as ``-bios`` and its kernel, initrd and measured command line
 (direct boot; SEV-SNP hashes them into the launch digest with ``kernel-hashes=on``); its dm-verity
-volumes read-only; each GPU by vfio-pci behind its own PCIe root port; one user-mode NIC that
-reaches nothing (``restrict=on``) except the gateway's forwarded port; the serial console in a host
-log file; no monitor, no display, no default devices. The only control channel is an optional QMP
-socket on the host's filesystem.
+volumes read-only; the provisioning disk read-only (public release data the gateway serves, see
+``cvm_boot.image.provision``); each GPU by vfio-pci behind its own PCIe root port; one user-mode
+NIC that reaches nothing (``restrict=on``) except the gateway's forwarded port; the serial console
+appended to a host log file (``append=on``: a restart keeps the console of the boot that failed);
+no monitor, no display, no default devices. The only control channel is an optional QMP socket on
+the host's filesystem.
 
 ``tee="none"`` gives the same machine without confidential computing, for checking the generic
 arguments against an older QEMU (Debian 12 ships 7.2; ``sev-snp-guest`` and ``tdx-guest`` need
@@ -21,9 +23,11 @@ from pathlib import Path
 from attest.errors import ParseError
 from cvm_boot.recipe import ROOT_SERIAL, WEIGHTS_SERIAL, Recipe
 
-__all__ = ["QEMU_TEES", "SNP_POLICY", "iommufd_available", "qemu_command"]
+__all__ = ["PROVISION_SERIAL", "QEMU_TEES", "SNP_POLICY", "iommufd_available", "qemu_command"]
 
 QEMU_TEES = ("sev-snp", "tdx", "none")
+#: The provisioning disk's virtio serial; the guest's init finds it by this name (init.sh).
+PROVISION_SERIAL = "openpcc-provision"
 # SNP guest policy: bit 16 reserved-must-be-one, bit 17 SMT allowed; debug and migration off.
 SNP_POLICY = 0x30000
 _PCI_RE = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]")
@@ -56,6 +60,7 @@ def qemu_command(
     gpus: Sequence[str] = (),
     serial_log: Path,
     gateway_port: int,
+    provision_image: Path | None = None,
     gateway_bind: str = "127.0.0.1",
     qemu_binary: str = "qemu-system-x86_64",
     accel: str = "kvm",
@@ -64,7 +69,12 @@ def qemu_command(
     cbitpos: int = 51,
     reduced_phys_bits: int = 1,
 ) -> list[str]:
-    """The argument vector (``argv[0]`` included) that launches ``recipe`` on this host."""
+    """The argument vector (``argv[0]`` included) that launches ``recipe`` on this host.
+
+    ``provision_image`` is the provisioning disk (``cvm_boot.image.provision.provision_host``);
+    a real launch needs it, because the sealed gateway reads the release manifest and the log
+    from it. It is attached read-only and is not part of the launch measurement.
+    """
     if tee not in QEMU_TEES:
         raise ParseError(f"tee {tee!r} is not one of {', '.join(QEMU_TEES)}")
     if recipe.simulated:
@@ -140,7 +150,7 @@ def qemu_command(
         "-append",
         recipe.cmdline,
         "-chardev",
-        _opts("file", "id=serial0", f"path={serial_log}"),
+        _opts("file", "id=serial0", f"path={serial_log}", "append=on"),
         "-serial",
         "chardev:serial0",
     ]
@@ -159,6 +169,21 @@ def qemu_command(
                 "-device",
                 _opts("virtio-blk-pci", f"drive={drive_id}", f"serial={drive_id}", *virtio),
             ]
+    if provision_image is not None:
+        argv += [
+            "-drive",
+            _opts(
+                "if=none",
+                f"id={PROVISION_SERIAL}",
+                f"file={provision_image}",
+                "format=raw",
+                "readonly=on",
+            ),
+            "-device",
+            _opts(
+                "virtio-blk-pci", f"drive={PROVISION_SERIAL}", f"serial={PROVISION_SERIAL}", *virtio
+            ),
+        ]
     argv += [
         "-netdev",
         _opts(

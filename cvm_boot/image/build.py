@@ -33,7 +33,10 @@ from packaging.requirements import Requirement
 
 from attest.errors import ParseError
 from cvm_boot.image import debs, initramfs
+from cvm_boot.image.meter import Meter, copy_tree, no_meter
+from cvm_boot.image.meter import sha256_file as _metered_sha256
 from cvm_boot.image.spec import ImageRecipe
+from cvm_boot.image.weights import resolve_weights
 from cvm_boot.manifest import build_manifest, canonical_json
 from cvm_boot.measure import expected_measurement
 from cvm_boot.recipe import Recipe, load_recipe
@@ -116,10 +119,24 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _tree_digest(paths: Iterable[tuple[str, Path]]) -> str:
+def _tree_digest(
+    paths: Iterable[tuple[str, Path]], meter: Meter = no_meter, label: str = ""
+) -> str:
+    """One digest over named files; with a ``label``, the bytes hashed are reported under it."""
+    items = sorted(paths)
+    total = sum(p.stat().st_size for _, p in items) if label else 0
+    done = 0
+
+    def step(_label: str, n: int, _total: int | None) -> None:
+        meter(label, done + n, total)
+
     h = hashlib.sha256()
-    for name, path in sorted(paths):
-        h.update(name.encode() + b"\0" + bytes.fromhex(_sha256_file(path)))
+    for name, path in items:
+        digest = _metered_sha256(path, step, label) if label else _sha256_file(path)
+        h.update(name.encode() + b"\0" + bytes.fromhex(digest))
+        done += path.stat().st_size if label else 0
+    if label and not items:
+        meter(label, 0, 0)
     return h.hexdigest()
 
 
@@ -180,11 +197,15 @@ class _Inputs:
     initrd_debs: list[debs.DebPackage]
     dists: list[md.Distribution]
     python_files: list[tuple[str, Path]]
+    weights: Path | None
     key: str
 
 
-def _collect(image: ImageRecipe, progress: Progress) -> _Inputs:
+def _collect(
+    image: ImageRecipe, progress: Progress, cache: Path, meter: Meter = no_meter
+) -> _Inputs:
     release = load_recipe(image.release)
+    weights_dir = resolve_weights(image.weights, cache, say=progress, meter=meter)
     progress("resolving Debian packages")
     root_debs = debs.resolve(image.root_packages, image.exclude_packages)
     kernel_meta = debs.resolve([image.kernel_package], ["kmod", "linux-base", "initramfs-tools"])
@@ -199,10 +220,11 @@ def _collect(image: ImageRecipe, progress: Progress) -> _Inputs:
     extra = [(str(f.target), f.source) for f in image.files]
     builder = [(n, _HERE / n) for n in _BUILDER_SOURCES]
     weights: list[tuple[str, Path]] = []
-    if image.weights_source is not None:
+    if weights_dir is not None:
+        progress(f"hashing the weights in {weights_dir}")
         weights = [
-            (p.relative_to(image.weights_source).as_posix(), p)
-            for p in image.weights_source.rglob("*")
+            (p.relative_to(weights_dir).as_posix(), p)
+            for p in weights_dir.rglob("*")
             if p.is_file()
         ]
     key_doc = {
@@ -212,11 +234,13 @@ def _collect(image: ImageRecipe, progress: Progress) -> _Inputs:
         "python": [f"{d.metadata['Name']}=={d.version}" for d in dists],
         "python_files": _tree_digest(files),
         "extra_files": _tree_digest(extra),
-        "weights": _tree_digest(weights),
+        "weights": _tree_digest(weights, meter, "hashing weights" if weights else ""),
         "builder": _tree_digest(builder),
     }
     key = hashlib.sha256(canonical_json(key_doc)).hexdigest()[:32]
-    return _Inputs(image, release, root_debs, kernel_debs, initrd_debs, dists, files, key)
+    return _Inputs(
+        image, release, root_debs, kernel_debs, initrd_debs, dists, files, weights_dir, key
+    )
 
 
 def _release_identity(r: Recipe) -> dict[str, object]:
@@ -234,9 +258,10 @@ def _release_identity(r: Recipe) -> dict[str, object]:
     }
 
 
-def image_key(image: ImageRecipe) -> str:
-    """The cache key of ``image``: a digest of every input (asks apt for package versions)."""
-    return _collect(image, lambda _m: None).key
+def image_key(image: ImageRecipe, cache: Path | None = None) -> str:
+    """The cache key of ``image``: a digest of every input (asks apt for package versions;
+    fetches remote weights into ``cache``, as a build would)."""
+    return _collect(image, lambda _m: None, cache or default_cache()).key
 
 
 # -- assembling trees -----------------------------------------------------------------------
@@ -513,11 +538,16 @@ def build_image(
     cache: Path | None = None,
     rebuild: bool = False,
     progress: Progress = lambda _m: None,
+    meter: Meter = no_meter,
 ) -> BuildResult:
-    """Build ``image`` (or find it in the cache); the result directory is keyed by its inputs."""
+    """Build ``image`` (or find it in the cache); the result directory is keyed by its inputs.
+
+    ``progress`` gets one line per step; ``meter`` the bytes of the long ones (fetching and
+    hashing the weights, copying them into the volume), see ``cvm_boot.image.meter``.
+    """
     started = time.monotonic()
     cache = cache or default_cache()
-    inp = _collect(image, progress)
+    inp = _collect(image, progress, cache, meter)
     out = cache / "images" / f"{image.name}-{inp.key}"
     done = out / "build.json"
     if done.is_file() and not rebuild:
@@ -544,17 +574,20 @@ def build_image(
         )
         progress("assembling the root filesystem")
         root = _build_root(inp, work, deb_files, epoch)
+        progress("packing the root filesystem (squashfs)")
         _squashfs(root, out / "root.img", epoch)
-        progress("formatting dm-verity volumes")
+        progress("formatting the root's dm-verity tree and checking its root hash")
         root_v = format_volume(out / "root.img", out / "root.verity", inp.release.root.salt)
         wtree = work / "weights"
-        if image.weights_source is not None:
-            shutil.copytree(image.weights_source, wtree)
+        if inp.weights is not None:
+            copy_tree(inp.weights, wtree, meter, "copying weights")
         else:
             wtree.mkdir()
             (wtree / "EMPTY").write_text("this image's engine needs no weights\n")
         _normalize(wtree, epoch)
+        progress("packing the weights volume (squashfs)")
         _squashfs(wtree, out / "weights.img", epoch)
+        progress("formatting the weights' dm-verity tree and checking its root hash")
         weights_v = format_volume(
             out / "weights.img", out / "weights.verity", inp.release.weights.salt
         )
@@ -571,6 +604,7 @@ def build_image(
             )
         )
         release = load_recipe(out / "release.toml")
+        progress("computing the launch measurement")
         manifest = build_manifest(release, expected_measurement(release))
         (out / "manifest.json").write_bytes(canonical_json(manifest) + b"\n")
         info = {

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from attest.errors import ParseError
+from cvm_boot.qemu import PROVISION_SERIAL
 from cvm_boot.recipe import ROOT_SERIAL, WEIGHTS_SERIAL, load_recipe
 
 __all__ = [
@@ -34,7 +35,6 @@ __all__ = [
     "vm_pid",
 ]
 
-PROVISION_SERIAL = "openpcc-provision"
 HOST_TOOLS = {
     "qemu-system-x86_64": "qemu-system-x86",
     "apt-get": "apt",

@@ -5,10 +5,21 @@ into it: Debian packages for the root, the kernel and the initramfs; the Python 
 our packages; the engine the gateway runs; what the weights volume holds; extra files (tests add
 their synthetic engine this way, in a test-only variant). Loading is strict, like the release
 recipe's: an unknown key is an error. Relative paths are relative to the image recipe.
+
+``[weights] source`` names where the model comes from (fetched by ``cvm_boot.image.weights``):
+
+- a directory, relative to the recipe or absolute;
+- ``hf:ORG/NAME@REVISION``: a Hugging Face Hub snapshot (a commit hash pins it best);
+- ``https://...``: an archive (tar, optionally compressed) or a single file, with the required
+  ``sha256 = "<64 hex>"`` of the download.
+
+Whatever the source, the release recipe's weights dm-verity root hash (on the measured kernel
+command line) pins the content that ends up in the image.
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -16,7 +27,17 @@ from pathlib import Path, PurePosixPath
 from attest.errors import ParseError
 from cvm_boot.recipe import _path, _Table  # the release recipe's strict reader
 
-__all__ = ["IMAGE_FORMAT", "ExtraFile", "ImageRecipe", "load_image_recipe"]
+__all__ = [
+    "IMAGE_FORMAT",
+    "ExtraFile",
+    "HfWeights",
+    "HttpsWeights",
+    "ImageRecipe",
+    "LocalWeights",
+    "WeightsSource",
+    "load_image_recipe",
+    "parse_weights_source",
+]
 
 IMAGE_FORMAT = "openpcc-image/1"
 
@@ -25,6 +46,74 @@ IMAGE_FORMAT = "openpcc-image/1"
 class ExtraFile:
     source: Path
     target: PurePosixPath
+
+
+@dataclass(frozen=True, slots=True)
+class LocalWeights:
+    path: Path
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+@dataclass(frozen=True, slots=True)
+class HfWeights:
+    repo: str
+    revision: str
+
+    def __str__(self) -> str:
+        return f"hf:{self.repo}@{self.revision}"
+
+
+@dataclass(frozen=True, slots=True)
+class HttpsWeights:
+    url: str
+    sha256: str
+
+    def __str__(self) -> str:
+        return self.url
+
+
+WeightsSource = LocalWeights | HfWeights | HttpsWeights
+_HF_RE = re.compile(r"hf:([A-Za-z0-9][\w.-]*/[\w.-]+)@([\w./-]+)")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_URL_RE = re.compile(r"https://[^\s/?#]+/\S*")
+
+
+def parse_weights_source(
+    source: str | None, sha256: str | None, base: Path
+) -> WeightsSource | None:
+    """``[weights] source`` (and ``sha256``) as a source; one clear line for a bad one."""
+    where = "image recipe: weights.source"
+    if not source:
+        if sha256:
+            raise ParseError("image recipe: weights.sha256 is set but weights.source is not")
+        return None
+    if source.startswith("hf:"):
+        m = _HF_RE.fullmatch(source)
+        if m is None:
+            raise ParseError(f"{where} {source!r} is not hf:ORG/NAME@REVISION")
+        if sha256:
+            raise ParseError("image recipe: weights.sha256 goes with an https:// source only")
+        return HfWeights(m.group(1), m.group(2))
+    if "://" in source:
+        if not source.startswith("https://"):
+            scheme = source.split("://", 1)[0]
+            raise ParseError(f"{where} {source!r}: {scheme}:// is not supported (https:// only)")
+        if _URL_RE.fullmatch(source) is None:
+            raise ParseError(f"{where} {source!r} is not a URL like https://host/path")
+        if not sha256:
+            raise ParseError(
+                f"{where} {source!r} needs weights.sha256, the SHA-256 of the download"
+            )
+        if _SHA256_RE.fullmatch(sha256) is None:
+            raise ParseError(f"image recipe: weights.sha256 {sha256!r} is not 64 lowercase hex")
+        return HttpsWeights(source, sha256)
+    if sha256:
+        raise ParseError("image recipe: weights.sha256 goes with an https:// source only")
+    path = _path(source, base)
+    assert path is not None
+    return LocalWeights(path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +130,7 @@ class ImageRecipe:
     engine_kind: str
     engine_model: str
     engine_args: tuple[str, ...]
-    weights_source: Path | None
+    weights: WeightsSource | None
     files: tuple[ExtraFile, ...]
     source: Path
 
@@ -109,7 +198,9 @@ def load_image_recipe(path: Path) -> ImageRecipe:
     eng.done()
 
     weights = top.need("weights")
-    weights_source = _path(weights.text("source", required=False), base)
+    weights_source = parse_weights_source(
+        weights.text("source", required=False), weights.text("sha256", required=False), base
+    )
     weights.done()
 
     files: list[ExtraFile] = []
@@ -144,7 +235,7 @@ def load_image_recipe(path: Path) -> ImageRecipe:
         engine_kind=kind,
         engine_model=model,
         engine_args=args,
-        weights_source=weights_source,
+        weights=weights_source,
         files=tuple(files),
         source=path,
     )

@@ -75,6 +75,11 @@ def _pci_device(
     return dev
 
 
+def gpu_id(device: str) -> str:
+    """``10de:2331`` for device ``0x2331``: the form modprobe's ``ids=`` takes."""
+    return f"10de:{device.removeprefix('0x')}"
+
+
 def make_host(
     root: Path,
     *,
@@ -97,9 +102,12 @@ def make_host(
     image_tools: bool = True,
     psp_versions: bool = True,
     grub: bool = False,
+    vfio_persistent: bool | None = None,
 ) -> Path:
     """A fake host tree. ``dev_sev`` is the recorded SNP_PLATFORM_STATUS answer (``b""``: the
-    device exists but cannot be read); ``None`` means the Milan status on an SNP host."""
+    device exists but cannot be read); ``None`` means the Milan status on an SNP host.
+    ``vfio_persistent`` (default: when the GPU is on vfio-pci) writes the modprobe.d and
+    modules-load.d files that keep it there across reboots."""
     (root / "proc").mkdir(parents=True)
     (root / "proc" / "cpuinfo").write_text(
         f"processor\t: 0\nvendor_id\t: {cpu}\ncpu family\t: {family}\nmodel\t\t: {model}\n"
@@ -135,6 +143,16 @@ def make_host(
             for bdf, driver in (group_peers or {}).items():
                 peer = _pci_device(root, bdf, "0x10de", "0x22a3", "0x040300", driver)
                 (group / "devices" / bdf).symlink_to(peer)
+    if vfio_persistent is None:
+        vfio_persistent = gpu is not None and gpu_driver == "vfio-pci"
+    if vfio_persistent:
+        (root / "etc/modprobe.d").mkdir(parents=True, exist_ok=True)
+        (root / "etc/modprobe.d/vfio.conf").write_text(
+            f"# the operator's own\noptions vfio_pci ids={gpu_id(gpu or '0x2331')}\n"
+            "softdep nvidia pre: vfio_pci\n"
+        )
+        (root / "etc/modules-load.d").mkdir(parents=True, exist_ok=True)
+        (root / "etc/modules-load.d/vfio.conf").write_text("vfio_pci\n")
     if ovmf is None:
         ovmf = fake_amdsev_firmware()
     if ovmf:

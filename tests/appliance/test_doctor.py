@@ -70,6 +70,7 @@ def test_snp_host_with_h100_passes_every_check(tmp_path: Path) -> None:
         f"GPU {GPU_BDF}",
         f"GPU {GPU_BDF} IOMMU group",
         f"GPU {GPU_BDF} CC mode",
+        "vfio-pci at boot",
         "QEMU",
         "OVMF firmware",
         "Memory",
@@ -270,6 +271,16 @@ FAILING = [
         "fail",
         "no kernel-hashes",
         "",
+    ),
+    (
+        "vfio-not-persistent",
+        {"vfio_persistent": False},
+        {},
+        {},
+        "vfio-pci at boot",
+        "warn",
+        "persist-vfio",
+        "vfio-persist:10de:2331",
     ),
     ("memory-short", {"mem_available_gib": 40}, {}, {}, "Memory", "fail", "recipe", ""),
     ("hugepages-reserved", {"hugepages": 8192}, {}, {}, "Hugepages", "warn", "nr_hugepages", ""),
@@ -491,3 +502,95 @@ def test_doctor_cli_uses_the_recipe_firmware_and_memory(hooks: Path) -> None:
     assert by["Memory"]["status"] == "fail" and "needs 2.0 GiB" in by["Memory"]["detail"]
     assert r.exit_code == 1
     assert os.environ["OPENPCC_TEST_QEMU"].endswith("qemu-system-x86_64")
+
+
+PERSIST_CASES = [
+    ("nothing written", {}, "ids 10de:2331; softdep nvidia pre: vfio-pci; vfio-pci in modules"),
+    (
+        "another GPU's id only",
+        {"etc/modprobe.d/v.conf": "options vfio-pci ids=10de:2330\nsoftdep nvidia pre: vfio-pci\n"},
+        "ids 10de:2331; vfio-pci in modules-load.d",
+    ),
+    (
+        "commented out",
+        {
+            "etc/modprobe.d/v.conf": "# options vfio-pci ids=10de:2331\n"
+            "softdep nvidia pre: vfio_pci\n",
+            "etc/modules-load.d/v.conf": "vfio-pci\n",
+        },
+        "ids 10de:2331",
+    ),
+    (
+        "softdep for another module",
+        {
+            "etc/modprobe.d/v.conf": "options vfio_pci ids=10DE:2331 disable_vga=1\n"
+            "softdep nouveau pre: vfio-pci\n",
+            "etc/modules-load.d/v.conf": "vfio_pci\n",
+        },
+        "softdep nvidia pre: vfio-pci",
+    ),
+    (
+        "split across files, under /usr/lib",
+        {
+            "usr/lib/modprobe.d/a.conf": "options vfio-pci ids=10de:1,10de:2331\n",
+            "etc/modprobe.d/b.conf": "softdep nvidia pre: vfio-pci post: x\n",
+            "etc/modules-load.d/v.conf": "vfio-pci\n",
+        },
+        "",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "files", "missing"), PERSIST_CASES, ids=[c[0] for c in PERSIST_CASES]
+)
+def test_vfio_persistence_reads_every_modprobe_file(
+    tmp_path: Path, case: str, files: dict[str, str], missing: str
+) -> None:
+    root = make_host(tmp_path, vfio_persistent=False)
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    check = _by_name(run_checks(root, options()))["vfio-pci at boot"]
+    if not missing:
+        assert check.status == "pass", check.line()
+        return
+    assert check.status == "warn" and missing in check.detail, check.line()
+    assert "returns to its driver at the next reboot" in check.detail
+    assert check.remedy == "vfio-persist:10de:2331"
+
+
+def test_no_persistence_line_for_a_gpu_not_on_vfio(tmp_path: Path) -> None:
+    by = _by_name(run_checks(make_host(tmp_path, gpu_driver="nvidia"), options()))
+    assert "vfio-pci at boot" not in by  # the binding line says what to do first
+    assert by[f"GPU {GPU_BDF} binding"].remedy == f"vfio:{GPU_BDF}"
+
+
+def test_persist_vfio_writes_exactly_the_gpus_found_once(tmp_path: Path) -> None:
+    root = make_host(tmp_path, vfio_persistent=False)
+    peer = root / "sys/bus/pci/devices/0000:c1:00.0"
+    peer.mkdir(parents=True)
+    for name, value in (("vendor", "0x10de"), ("device", "0x2335"), ("class", "0x030200")):
+        (peer / name).write_text(value + "\n")
+    env = {"COLUMNS": "200"}
+    r = CliRunner().invoke(app, ["persist-vfio", "--root", str(root)], input="n\n", env=env)
+    assert r.exit_code == 1 and not (root / "etc/modprobe.d/openpcc-vfio.conf").exists()
+    r = CliRunner().invoke(app, ["persist-vfio", "--root", str(root), "--yes"], env=env)
+    assert r.exit_code == 0, r.output
+    modprobe = (root / "etc/modprobe.d/openpcc-vfio.conf").read_text()
+    lines = [ln for ln in modprobe.splitlines() if not ln.startswith("#")]
+    assert lines == ["options vfio-pci ids=10de:2331,10de:2335", "softdep nvidia pre: vfio-pci"]
+    loads = (root / "etc/modules-load.d/openpcc-vfio.conf").read_text()
+    assert [ln for ln in loads.splitlines() if not ln.startswith("#")] == ["vfio-pci"]
+    assert "wrote" in r.output and "0000:41:00.0, 0000:c1:00.0" in r.output
+    check = _by_name(run_checks(root, options()))["vfio-pci at boot"]
+    assert check.status == "pass", check.line()
+    again = CliRunner().invoke(app, ["persist-vfio", "--root", str(root), "--yes"], env=env)
+    assert again.exit_code == 0 and "already bound to vfio-pci at boot" in again.output
+    assert "wrote" not in again.output
+
+
+def test_persist_vfio_without_a_cc_gpu_is_an_error(tmp_path: Path) -> None:
+    root = make_host(tmp_path, gpu=None)
+    r = CliRunner().invoke(app, ["persist-vfio", "--root", str(root), "--yes"])
+    assert r.exit_code != 0 and "no CC-capable NVIDIA GPU" in r.output

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from appliance import host
+from appliance.main import app
 from appliance.runner import Completed
 from appliance.state import ApplianceRecord, StatePaths
 from attest.errors import ParseError, TransportError
+from cvm_boot.image.provision import read_provisioning_image
 from cvm_boot.recipe import load_recipe
 from tests.appliance.fakehost import GPU_BDF, FakeRunner, make_host, unsystemd, write_recipe
 
@@ -53,7 +57,13 @@ def test_provision_writes_the_unit_the_log_and_the_records(
     said: list[str] = []
     res = host.provision(paths, recipe_path, port=18443, config=config, say=said.append)
     recipe = load_recipe(recipe_path)
-    assert [s.split(":", 1)[0] for s in said] == ["provision", "measure", "release", "unit"]
+    assert [s.split(":", 1)[0] for s in said] == [
+        "provision",
+        "measure",
+        "release",
+        "disk",
+        "unit",
+    ]
     assert res.gpus == (GPU_BDF,) and len(res.measurement) == 48 and res.log_index == 0
 
     unit = config.unit_path.read_text()
@@ -67,6 +77,12 @@ def test_provision_writes_the_unit_the_log_and_the_records(
     assert f"vfio-pci,host={GPU_BDF},id=gpu0,bus=gpuport0" in argv
     assert any(a.startswith("sev-snp-guest,id=sev0") for a in argv)
     assert "hostfwd=tcp:127.0.0.1:18443-:8443" in " ".join(argv)
+    disk = paths.root / "provision" / "provision.img"
+    assert f"if=none,id=openpcc-provision,file={disk},format=raw,readonly=on" in argv
+    assert argv[argv.index("-chardev") + 1].endswith(f"path={paths.logs / 'serial.log'},append=on")
+    back = read_provisioning_image(disk, paths.root / "readback")
+    assert back.manifest_bytes + b"\n" == paths.manifest.read_bytes()
+    assert back.tlog["index"] == 0 and back.log_vkey == res.log_vkey
     assert res.measurement.hex() in unit  # the unit names its release, and holds no secret
     for secret in ("PRIVATE", str(paths.log / "log.key"), str(paths.sim)):
         assert secret not in unit
@@ -76,7 +92,7 @@ def test_provision_writes_the_unit_the_log_and_the_records(
     assert ApplianceRecord.load(paths.record).mode == "sev-snp"
     assert host.provisioned_mode(paths) == "sev-snp"
     again = host.provision(paths, recipe_path, port=18443, config=config, say=said.append)
-    assert again.log_index == 0 and "already logged" in said[-2]
+    assert again.log_index == 0 and "already logged" in said[-3]
 
 
 def test_provision_refuses_what_cannot_launch(tmp_path: Path) -> None:
@@ -126,6 +142,7 @@ def test_down_and_status(snp_host: tuple[StatePaths, host.HostConfig, Path]) -> 
     assert st["state"] == "down" and st["mode"] == "sev-snp"
     assert st["gateway_url"] == "http://127.0.0.1:1" and st["unit"] == host.UNIT_NAME
     assert st["boot_log"] == [f"boot line {i}" for i in range(10, 30)]
+    assert st["serial_log"] == str(paths.logs / "serial.log")
     stop = FakeRunner(extra={("systemctl", "stop", host.UNIT_NAME): Completed(0)})
     assert host.down(paths, config, runner=stop)
     assert stop.calls == [["systemctl", "stop", host.UNIT_NAME]]
@@ -138,6 +155,7 @@ def test_config_from_env_reads_only_the_named_hooks() -> None:
             "OPENPCC_TEST_HOST_ROOT": "/fake",
             "OPENPCC_TEST_QEMU": "/stub/qemu",
             "OPENPCC_TEST_SYSTEMCTL": "/stub/systemctl",
+            "OPENPCC_TEST_JOURNALCTL": "/stub/journalctl",
             "OPENPCC_TEST_UNIT_DIR": "/units",
             "OPENPCC_TEST_SIMULATION_ROOT": "/sim.pem",
             "OPENPCC_GPU_ADMIN_TOOLS": "/opt/gpu-admin-tools/nvidia_gpu_tools.py",
@@ -147,6 +165,7 @@ def test_config_from_env_reads_only_the_named_hooks() -> None:
         root=Path("/fake"),
         qemu="/stub/qemu",
         systemctl="/stub/systemctl",
+        journalctl="/stub/journalctl",
         unit_dir=Path("/units"),
         gpu_tools="/opt/gpu-admin-tools/nvidia_gpu_tools.py",
         simulation_root=Path("/sim.pem"),
@@ -155,6 +174,87 @@ def test_config_from_env_reads_only_the_named_hooks() -> None:
         "OPENPCC_TEST_HOST_ROOT",
         "OPENPCC_TEST_QEMU",
         "OPENPCC_TEST_SYSTEMCTL",
+        "OPENPCC_TEST_JOURNALCTL",
         "OPENPCC_TEST_UNIT_DIR",
         "OPENPCC_TEST_SIMULATION_ROOT",
     }
+
+
+JOURNAL_ARGS = ("-u", host.UNIT_NAME, "-n", "5", "--no-pager", "-o", "short-iso")
+JOURNAL = (
+    "2025-01-01T00:00:00+0000 host systemd[1]: Started openpcc-cvm.service.\n"
+    "2025-01-01T00:00:01+0000 host qemu-system-x86_64[42]: warning: host doesn't support x2apic\n"
+)
+
+
+def test_logs_show_the_journal_and_the_serial_console_status_shows(
+    snp_host: tuple[StatePaths, host.HostConfig, Path],
+) -> None:
+    paths, config, recipe_path = snp_host
+    host.provision(paths, recipe_path, port=1, config=config)
+    (paths.logs / "serial.log").write_text("".join(f"boot line {i}\n" for i in range(30)))
+    runner = FakeRunner(extra={("journalctl", *JOURNAL_ARGS): Completed(0, JOURNAL)})
+    got = host.logs(paths, config, runner=runner, lines=5)
+    assert runner.calls == [["journalctl", *JOURNAL_ARGS]]
+    assert got.journal == tuple(JOURNAL.splitlines()) and got.journal_error is None
+    assert got.serial == tuple(f"boot line {i}" for i in range(25, 30))
+    # status --json carries the same console, by the same reader.
+    boot_log = host.status(paths)["boot_log"]
+    assert isinstance(boot_log, list) and boot_log[-5:] == list(got.serial)
+
+    refused = FakeRunner(
+        extra={("journalctl", *JOURNAL_ARGS): Completed(1, "", "No journal files were found.\n")}
+    )
+    got = host.logs(paths, config, runner=refused, lines=5)
+    assert got.journal == () and got.journal_error == "journalctl: No journal files were found."
+    assert len(got.serial) == 5
+
+
+def test_logs_need_a_provisioned_host(tmp_path: Path) -> None:
+    with pytest.raises(ParseError, match="no confidential VM is provisioned"):
+        host.logs(StatePaths(tmp_path), host.HostConfig(), runner=FakeRunner())
+
+
+def test_follow_prints_what_the_console_appends(tmp_path: Path) -> None:
+    log = tmp_path / "serial.log"
+    log.write_text("old line\n")
+    seen: list[str] = []
+    writes = iter(["new 1\nnew", " 2\n", None, "after rotation\n"])
+
+    def stop() -> bool:
+        nxt = next(writes, "done")
+        if nxt == "done":
+            return True
+        if nxt is None:
+            log.write_text("")  # rotated: QEMU starts a new file
+        else:
+            with log.open("a") as f:
+                f.write(nxt)
+        return False
+
+    host.follow_serial(str(log), seen.append, stop=stop, poll=0.0)
+    assert seen == ["new 1", "new 2", "after rotation"]
+
+
+def test_logs_command_on_a_tee_host(
+    snp_host: tuple[StatePaths, host.HostConfig, Path], tmp_path: Path
+) -> None:
+    paths, config, recipe_path = snp_host
+    host.provision(paths, recipe_path, port=1, config=config)
+    (paths.logs / "serial.log").write_text("openpcc-init: 0.51s loading modules\n")
+    stub = tmp_path / "journalctl"
+    stub.write_text(
+        f"#!{sys.executable}\n# STUB journalctl for tests/appliance/test_host.py\n"
+        "import sys\nprint('journal:', ' '.join(sys.argv[1:]))\n"
+    )
+    stub.chmod(0o755)
+    env = {"OPENPCC_STATE_DIR": str(paths.root), "OPENPCC_TEST_JOURNALCTL": str(stub)}
+    r = CliRunner().invoke(app, ["logs", "-n", "7"], env=env)
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[0] == f"== journalctl -u {host.UNIT_NAME} (systemd and QEMU)"
+    assert lines[1] == f"journal: -u {host.UNIT_NAME} -n 7 --no-pager -o short-iso"
+    assert lines[2] == f"== {paths.logs / 'serial.log'} (the CVM's serial console)"
+    assert lines[3] == "openpcc-init: 0.51s loading modules"
+    help_text = CliRunner().invoke(app, ["logs", "--help"], env={"COLUMNS": "200"}).output
+    assert "Nothing" in help_text and "readable by the host" in help_text

@@ -60,6 +60,11 @@ if args == ["-object", "help"]:
     sys.stdout.write(open(OBJECTS).read())
     sys.exit(0)
 record("qemu", sys.argv)
+# As the guest would, print to the serial console QEMU was told to write (chardev file).
+chardev = args[args.index("-chardev") + 1]
+serial = re.search(r"path=([^,]+)", chardev).group(1)
+with open(serial, "a" if "append=on" in chardev else "w") as f:
+    f.write("openpcc-init: 0.50s loading modules (stub CVM)\\n")
 port = re.search(r"hostfwd=tcp:127\\.0\\.0\\.1:(\\d+)-", " ".join(args)).group(1)
 with open(CONFIG, "w") as f:
     f.write(open(TEMPLATE).read().replace("@PORT@", port))
@@ -99,6 +104,10 @@ elif args[0] == "is-active":
 APT = """
 record("apt-get", sys.argv[1:])
 print("stub apt-get:", " ".join(sys.argv[1:]))
+"""
+JOURNALCTL = """
+record("journalctl", sys.argv[1:])
+print("2025-01-01T00:00:00+0000 host systemd[1]: Started openpcc-cvm.service.")
 """
 GPU_TOOLS = """
 record("nvidia_gpu_tools", sys.argv[1:])
@@ -213,6 +222,7 @@ def make_tee_host(base: Path, **host_kwargs: object) -> TeeHost:
         CVM_LOG=str(base / "cvm.log"),
     )
     apt = _script(stubs / "apt-get", APT, **common)
+    journalctl = _script(stubs / "journalctl", JOURNALCTL, **common)
     tools = _script(
         stubs / "nvidia_gpu_tools.py", GPU_TOOLS, **common, CC_LINE=cc_mode_line("@BDF@", "on")
     )
@@ -225,6 +235,7 @@ def make_tee_host(base: Path, **host_kwargs: object) -> TeeHost:
         "OPENPCC_TEST_SYSTEMCTL": systemctl,
         "OPENPCC_TEST_UNIT_DIR": str(base / "units"),
         "OPENPCC_TEST_APT": apt,
+        "OPENPCC_TEST_JOURNALCTL": journalctl,
         "OPENPCC_TEST_SIMULATION_ROOT": str(sim_root),
         "OPENPCC_TEST_SKIP_VENV": "1",
         "OPENPCC_GPU_ADMIN_TOOLS": tools,
@@ -281,6 +292,7 @@ def test_install_on_a_fake_snp_host_boots_and_verifies_the_cvm(tee_host: TeeHost
             "provision: test-sev-snp 1.2.3 for sev-snp, GPUs 0000:41:00.0 on vfio-pci",
             "measure: sev-snp launch measurement ",
             "release: manifest at log index 0 of 1",
+            "disk: ",
             "unit: wrote",
             "==> Trusting this appliance's log key",
             "==> Starting the CVM",
@@ -327,6 +339,9 @@ def test_install_on_a_fake_snp_host_boots_and_verifies_the_cvm(tee_host: TeeHost
     assert argv[argv.index("-append") + 1] == recipe.cmdline
     assert f"vfio-pci,host={GPU_BDF},id=gpu0,bus=gpuport0" in argv
     assert f"hostfwd=tcp:127.0.0.1:{h.port}-:8443" in joined
+    disk = h.base / "state/provision/provision.img"
+    assert f"if=none,id=openpcc-provision,file={disk},format=raw,readonly=on" in argv
+    assert disk.is_file()
     unit = (h.base / "units" / UNIT_NAME).read_text()
     exec_line = next(ln for ln in unit.splitlines() if ln.startswith("ExecStart="))
     assert unsystemd(exec_line.removeprefix("ExecStart=")) == argv
@@ -341,6 +356,18 @@ def test_install_on_a_fake_snp_host_boots_and_verifies_the_cvm(tee_host: TeeHost
     assert st["state"] == "up" and st["mode"] == "sev-snp"
     assert st["gateway_url"] == f"http://127.0.0.1:{h.port}"
     assert st["measurement"] == manifest["measurement"] and st["unit"] == UNIT_NAME
+    boot = "openpcc-init: 0.50s loading modules (stub CVM)"
+    assert st["boot_log"][-1] == boot
+
+    # logs: the unit's journal (through the journalctl stub) and the same serial console.
+    logs = h.cli("openpcc-appliance", "logs", "-n", "5")
+    assert logs.returncode == 0, logs.stderr
+    _in_order(logs.stdout, ["== journalctl -u openpcc-cvm.service", "Started openpcc-cvm", boot])
+    assert h.events()[-1] == {
+        "cmd": "journalctl",
+        "argv": ["-u", UNIT_NAME, "-n", "5", "--no-pager", "-o", "short-iso"],
+        "manifest_exists": True,
+    }
     client = h.cli("openpcc", "verify", f"http://127.0.0.1:{h.port}")
     assert (
         client.returncode != 0 and "no simulation root is trusted" in client.stdout + client.stderr
@@ -424,3 +451,37 @@ def test_simulated_flow_without_tee_is_unchanged(tmp_path: Path) -> None:
     assert "Host check (doctor)" not in r.stdout
     assert h.events() == []
     assert time.monotonic() - started < 60
+
+
+def test_bound_gpu_is_made_persistent_after_asking(tmp_path: Path) -> None:
+    h = make_tee_host(tmp_path, vfio_persistent=False)
+    modprobe = h.root / "etc/modprobe.d/openpcc-vfio.conf"
+    declined = h.install("--recipe", str(h.recipe), "--no-start", stdin="y\nn\n")
+    assert declined.returncode == 0, declined.stdout
+    _in_order(
+        declined.stdout,
+        [
+            "WARN vfio-pci at boot",
+            "==> Host changes",
+            "GPUs 10de:2331 are on vfio-pci until the next reboot only",
+            "Keep them on vfio-pci from boot?",
+            "the GPUs return to their host driver at the next reboot",
+            "==> Provisioning",
+        ],
+    )
+    assert not modprobe.exists()
+    accepted = h.install("--yes", "--recipe", str(h.recipe), "--no-start")
+    assert accepted.returncode == 0, accepted.stdout
+    _in_order(
+        accepted.stdout,
+        [
+            "Keep them on vfio-pci from boot?",
+            "update-initramfs -u. yes (--yes)",
+            f"wrote {modprobe}",
+            "==> Provisioning",
+        ],
+    )
+    assert "options vfio-pci ids=10de:2331\nsoftdep nvidia pre: vfio-pci\n" in modprobe.read_text()
+    assert (h.root / "etc/modules-load.d/openpcc-vfio.conf").read_text().endswith("vfio-pci\n")
+    again = h.install("--yes", "--recipe", str(h.recipe), "--no-start")
+    assert "Keep them on vfio-pci" not in again.stdout and "nothing to change" in again.stdout

@@ -20,16 +20,17 @@ from cvm_boot.recipe import Recipe, parse_recipe
 
 GOLDEN = Path(__file__).parent / "golden"
 GPUS = ("0000:41:00.0", "0000:c1:00.0")
+DISK = Path("/var/lib/openpcc/provision/provision.img")
 
 
 def _recipe(make_recipe_text: Callable[..., str], tee: str) -> Recipe:
     return parse_recipe(make_recipe_text(tee), base_dir=Path("/srv/openpcc"))
 
 
-CASES = {
-    "snp": dict(tee="sev-snp", gpus=GPUS, iommufd=True),
+CASES: dict[str, dict[str, object]] = {
+    "snp": dict(tee="sev-snp", gpus=GPUS, iommufd=True, provision_image=DISK),
     "snp-nogpu": dict(tee="sev-snp"),
-    "tdx": dict(tee="tdx", gpus=GPUS[:1], iommufd=False),
+    "tdx": dict(tee="tdx", gpus=GPUS[:1], iommufd=False, provision_image=DISK),
     "none": dict(tee="none", gpus=GPUS[:1], qmp_socket=Path("/run/openpcc/qmp.sock")),
 }
 
@@ -70,6 +71,35 @@ def test_snp_essentials(make_recipe_text: Callable[..., str]) -> None:
     assert "restrict=on" in joined and "hostfwd=tcp:127.0.0.1:9443-:8443" in joined
     assert joined.count("vfio-pci,host=") == 2 and "iommufd=iommufd0" in joined
     assert argv[argv.index("-append") + 1] == _recipe(make_recipe_text, "sev-snp").cmdline
+    assert argv[argv.index("-chardev") + 1] == "file,id=serial0,path=/l,append=on"
+
+
+def test_provisioning_disk_is_read_only_with_its_serial(
+    make_recipe_text: Callable[..., str],
+) -> None:
+    argv = qemu_command(
+        _recipe(make_recipe_text, "sev-snp"),
+        tee="sev-snp",
+        serial_log=Path("/l"),
+        gateway_port=9443,
+        provision_image=DISK,
+    )
+    drive = f"if=none,id=openpcc-provision,file={DISK},format=raw,readonly=on"
+    assert argv[argv.index(drive) - 1] == "-drive"
+    device = argv[argv.index(drive) + 2]
+    assert device.startswith("virtio-blk-pci,drive=openpcc-provision,serial=openpcc-provision,")
+    assert "iommu_platform=on" in device
+    # Data disks come before the NIC, in a fixed order: root, weights, then provisioning.
+    drives = [argv[i + 1].split(",")[1] for i, a in enumerate(argv) if a == "-drive"]
+    assert drives[-1] == "id=openpcc-provision" and len(drives) == 5
+    with pytest.raises(ParseError, match="comma"):
+        qemu_command(
+            _recipe(make_recipe_text, "sev-snp"),
+            tee="sev-snp",
+            serial_log=Path("/l"),
+            gateway_port=9443,
+            provision_image=Path("/a,b.img"),
+        )
 
 
 BAD = [
@@ -104,7 +134,7 @@ def test_debian_qemu_accepts_generic_arguments(
     from cvm_boot.recipe import load_recipe
 
     base = snp_recipe.parent
-    for name in ("rootfs.img", "rootfs.verity", "weights.img", "weights.verity"):
+    for name in ("rootfs.img", "rootfs.verity", "weights.img", "weights.verity", "provision.img"):
         (base / name).write_bytes(bytes(4096))
     recipe = load_recipe(snp_recipe)
     # Debian's OVMF stands in for the AmdSev build: QEMU only maps it, -S never runs it.
@@ -123,6 +153,7 @@ def test_debian_qemu_accepts_generic_arguments(
         serial_log=serial,
         gateway_port=18443,
         gateway_bind="127.0.0.1",
+        provision_image=base / "provision.img",
     )
     argv += ["-S", "-qmp", "stdio"]
     qmp = '{"execute": "qmp_capabilities"}\n{"execute": "quit"}\n'
