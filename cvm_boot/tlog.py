@@ -168,13 +168,14 @@ class TransparencyLog:
         self,
         directory: Path,
         name: str,
-        private_key: Ed25519PrivateKey,
+        private_key: Ed25519PrivateKey | None,
         vkey: VerifierKey,
     ) -> None:
         self._dir = directory
         self._name = name
         self._private = private_key
         self._vkey = vkey
+        self._stored_checkpoint: str | None = None
         self._entries: list[bytes] = []
         self._index: dict[bytes, int] = {}
         # _levels[k][i] is the hash of the complete subtree of 2**k leaves starting at i * 2**k.
@@ -219,6 +220,45 @@ class TransparencyLog:
             _fsync_dir(directory)
         log._load()
         return log
+
+    @classmethod
+    def open_readonly(cls, directory: Path) -> TransparencyLog:
+        """A copy of a log without its signing key: the provisioning disk of a real CVM.
+
+        It serves exactly what the operator's log signed: the stored checkpoint, the entries it
+        covers and proofs up to its size. Entries past the checkpoint are left out, appending is
+        refused and nothing is written. On open the checkpoint's signature is verified with the
+        stored verifier key and the entries' Merkle root against it, so a damaged copy is
+        refused here rather than by every client.
+        """
+        try:
+            vkey = VerifierKey.parse((directory / VKEY_FILE).read_text(encoding="utf-8").strip())
+            raw = (directory / ENTRIES_FILE).read_bytes()
+            cp_text = (directory / CHECKPOINT_FILE).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            what = Path(e.filename).name if isinstance(e, OSError) and e.filename else "a file"
+            raise ParseError(f"read-only log in {directory}: cannot read {what}") from e
+        cp = open_checkpoint(cp_text, [vkey])
+        log = cls(directory, vkey.name, None, vkey)
+        for data in _read_records(raw):
+            if log.size == cp.size:
+                break
+            log._add(data)
+        if log.size < cp.size:
+            raise VerificationError(
+                "tlog-file", f"log holds {log.size} entries, its checkpoint signed {cp.size}"
+            )
+        if log.root() != cp.root_hash:
+            raise VerificationError(
+                "tlog-file", f"entries do not match the signed checkpoint of size {cp.size}"
+            )
+        log._stored_checkpoint = cp_text
+        log._file_end = len(raw)
+        return log
+
+    @property
+    def read_only(self) -> bool:
+        return self._private is None
 
     def _load(self) -> None:
         raw = (self._dir / ENTRIES_FILE).read_bytes()
@@ -271,6 +311,11 @@ class TransparencyLog:
 
     def append(self, data: bytes) -> int:
         """Append ``data`` durably and re-sign the checkpoint; returns its index."""
+        if self._private is None:
+            raise ParseError(
+                f"the log in {self._dir} is a read-only copy (no signing key)",
+                hint="append on the host that holds log.key: openpcc-appliance release",
+            )
         if len(data) > MAX_ENTRY_SIZE:
             raise ParseError(f"log entry of {len(data)} bytes exceeds {MAX_ENTRY_SIZE}")
         index = self.size
@@ -348,6 +393,9 @@ class TransparencyLog:
 
     def checkpoint(self) -> str:
         """The signed note (C2SP tlog-checkpoint) for the current size."""
+        if self._private is None:
+            assert self._stored_checkpoint is not None
+            return self._stored_checkpoint
         root = base64.b64encode(self.root()).decode()
         body = f"{self._name}\n{self.size}\n{root}\n"
         sig = self._private.sign(body.encode())

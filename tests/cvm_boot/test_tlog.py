@@ -211,3 +211,92 @@ def test_bad_sizes(logdir: Path) -> None:
 def test_bad_signer_keys(skey: str, message: str) -> None:
     with pytest.raises(ParseError, match=message):
         parse_signer_key(skey)
+
+
+# -- a copy without the signing key (a real CVM's provisioning disk) ------------------------------
+
+
+def _copy_public(logdir: Path, into: Path) -> Path:
+    into.mkdir()
+    for name in (ENTRIES_FILE, CHECKPOINT_FILE, VKEY_FILE):
+        (into / name).write_bytes((logdir / name).read_bytes())
+    return into
+
+
+def test_read_only_copy_serves_what_was_signed(logdir: Path, tmp_path: Path) -> None:
+    signed = TransparencyLog.open(logdir)
+    copy = _copy_public(logdir, tmp_path / "ro")
+    before = {p.name: p.read_bytes() for p in copy.iterdir()}
+    ro = TransparencyLog.open_readonly(copy)
+    assert ro.read_only and not signed.read_only
+    assert ro.size == 5 and ro.root() == signed.root()
+    assert ro.checkpoint() == (logdir / CHECKPOINT_FILE).read_text()
+    assert ro.verifier_key == signed.verifier_key
+    assert ro.find(ENTRIES[2]) == 2
+    verify_inclusion(2, 5, leaf_hash(ENTRIES[2]), ro.inclusion_proof(2), ro.root())
+    assert ro.consistency_proof(3, 5) == signed.consistency_proof(3, 5)
+    with pytest.raises(ParseError, match="read-only copy"):
+        ro.append(b"more")
+    assert {p.name: p.read_bytes() for p in copy.iterdir()} == before  # nothing written
+
+
+def test_read_only_copy_leaves_out_entries_past_the_checkpoint(
+    logdir: Path, tmp_path: Path
+) -> None:
+    old_checkpoint = (logdir / CHECKPOINT_FILE).read_text()
+    TransparencyLog.open(logdir).append(b"unsigned here")
+    copy = _copy_public(logdir, tmp_path / "ro")
+    (copy / CHECKPOINT_FILE).write_text(old_checkpoint)
+    ro = TransparencyLog.open_readonly(copy)
+    assert ro.size == 5
+    assert ro.find(b"unsigned here") is None
+
+
+def _other_key_checkpoint(copy: Path) -> None:
+    other = TransparencyLog.open(copy.parent / "other")
+    for e in ENTRIES:
+        other.append(e)
+    (copy / CHECKPOINT_FILE).write_text(other.checkpoint())
+
+
+def _edit_entry(copy: Path) -> None:
+    raw = (copy / ENTRIES_FILE).read_bytes()
+    (copy / ENTRIES_FILE).write_bytes(raw.replace(b'"release":3', b'"release":9'))
+
+
+def _drop_signed_record(copy: Path) -> None:
+    raw = (copy / ENTRIES_FILE).read_bytes()
+    last = raw.rfind(b"OPTR")
+    (copy / ENTRIES_FILE).write_bytes(raw[:last])
+
+
+READ_ONLY_DAMAGE = [
+    (
+        "checkpoint signed by another key",
+        _other_key_checkpoint,
+        VerificationError,
+        "no valid signature",
+    ),
+    ("entry edited", _edit_entry, VerificationError, "fails its checksum"),
+    ("entry missing", _drop_signed_record, VerificationError, "checkpoint signed 5"),
+    ("no verifier key", lambda c: (c / VKEY_FILE).unlink(), ParseError, "cannot read log.vkey"),
+    ("no checkpoint", lambda c: (c / CHECKPOINT_FILE).unlink(), ParseError, "log.checkpoint"),
+    ("garbled verifier key", lambda c: (c / VKEY_FILE).write_text("x+y"), ParseError, "verifier"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "damage", "error", "message"), READ_ONLY_DAMAGE, ids=[c[0] for c in READ_ONLY_DAMAGE]
+)
+def test_damaged_read_only_copy_is_refused(
+    logdir: Path,
+    tmp_path: Path,
+    case: str,
+    damage: Callable[[Path], object],
+    error: type[Exception],
+    message: str,
+) -> None:
+    copy = _copy_public(logdir, tmp_path / "ro")
+    damage(copy)
+    with pytest.raises(error, match=message):
+        TransparencyLog.open_readonly(copy)
