@@ -15,7 +15,7 @@ import base64
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -36,6 +36,7 @@ __all__ = [
     "CpuEvidenceProvider",
     "GpuEvidenceProvider",
     "NoGpuProvider",
+    "NvmlGpuProvider",
     "SimulatedGpuProvider",
     "SimulatedSnpProvider",
     "SimulatedTdxProvider",
@@ -160,6 +161,85 @@ class SimulatedGpuProvider:
             }
             for _ in range(self._count)
         ]
+
+
+#: NVML's value of ``ccFeature`` when the system runs in confidential-computing mode.
+NVML_CC_FEATURE_ENABLED = 1
+
+
+class NvmlGpuProvider:
+    """Real H100/H200 evidence inside the CVM, read through NVML (nvidia-ml-py's ``pynvml``).
+
+    Per GPU: the SPDM attestation report answering the nonce
+    (``nvmlDeviceGetConfComputeGpuAttestationReport``) and the device certificate chain
+    (``nvmlDeviceGetConfComputeGpuCertificate``, read once: it does not change), the two pieces
+    NVIDIA's own attestation SDK collects. Nothing here is trusted by the gateway itself: the
+    client verifies the report's signature, the chain to NVIDIA's pinned root, the nonce and the
+    CC-mode bit. Starting refuses a system whose CC mode is off or that has fewer GPUs than the
+    configuration names, so the gateway never serves a bundle a client must refuse.
+
+    ``nvml``: the module (tests pass a fake); by default ``pynvml``, which vLLM hosts have.
+    """
+
+    def __init__(self, count: int = 1, *, nvml: Any = None) -> None:
+        if nvml is None:
+            try:
+                import pynvml  # type: ignore[import-not-found, unused-ignore]
+            except ImportError:
+                raise OpenPCCError(
+                    "gpu = 'nvidia' needs NVML's Python binding (pynvml), which is not installed",
+                    hint="add nvidia-ml-py to the image, or set gpu = 'none' for a CPU-only node",
+                ) from None
+            nvml = pynvml
+        self._nvml: Any = nvml
+        error = getattr(nvml, "NVMLError", Exception)
+        try:
+            self._nvml.nvmlInit()
+            cc = self._nvml.nvmlSystemGetConfComputeState()
+            if getattr(cc, "ccFeature", None) != NVML_CC_FEATURE_ENABLED:
+                raise OpenPCCError(
+                    "the GPUs are not in confidential-computing mode (NVML ccFeature is off)",
+                    hint="switch CC mode on with NVIDIA's gpu-admin-tools on the host, then reboot",
+                )
+            found = int(self._nvml.nvmlDeviceGetCount())
+            if found < count:
+                raise OpenPCCError(
+                    f"the configuration names {count} GPU(s), NVML sees {found}",
+                    hint="check the GPUs passed through to this VM (openpcc-appliance doctor)",
+                )
+            self._handles = [self._nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+            self._chains = [self._chain(i, h) for i, h in enumerate(self._handles)]
+        except OpenPCCError:
+            raise
+        except error as e:
+            raise OpenPCCError(
+                f"NVML failed while opening the GPUs ({type(e).__name__})",
+                hint="is the NVIDIA driver loaded in the CVM? see the serial console",
+            ) from e
+
+    def _chain(self, i: int, handle: object) -> str:
+        cert = self._nvml.nvmlDeviceGetConfComputeGpuCertificate(handle)
+        raw = bytes(cert.attestationCertChain[: cert.attestationCertChainSize])
+        try:
+            return raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise OpenPCCError(f"GPU {i}: NVML's certificate chain is not PEM text") from None
+
+    def evidence(self, nonce: bytes) -> list[dict[str, str]]:
+        error = getattr(self._nvml, "NVMLError", Exception)
+        out: list[dict[str, str]] = []
+        for i, (handle, chain) in enumerate(zip(self._handles, self._chains, strict=True)):
+            try:
+                r = self._nvml.nvmlDeviceGetConfComputeGpuAttestationReport(handle, nonce)
+            except error as e:
+                raise TransportError(
+                    f"GPU {i}: NVML did not give an attestation report ({type(e).__name__})"
+                ) from e
+            report = bytes(r.attestationReport[: r.attestationReportSize])
+            out.append(
+                {"vendor": "nvidia", "evidence": base64.b64encode(report).decode(), "certs": chain}
+            )
+        return out
 
 
 class NoGpuProvider:
