@@ -199,4 +199,5 @@ def run_relay(gateway: str, host: str, port: int) -> None:
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         server_header=False,
         date_header=False,
+        proxy_headers=False,  # client addresses are never used, nor taken from headers
     )
