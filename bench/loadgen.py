@@ -253,13 +253,15 @@ async def run_cell(
     concurrency: int,
     round_no: int,
 ) -> CellResult:
-    load = os.getloadavg()[0]
-    pids = clients.stack.pids()
-    before = _cpu_times(pids)
-    wall, samples = await _closed_loop(clients.streamer(config), items, concurrency)
-    after = _cpu_times(pids)
-    cpu = {k: round(after[k] - before[k], 4) for k in after if k in before}
-    return CellResult(engine, config, concurrency, round_no, wall, samples, cpu, load)
+    return await run_streamer_cell(
+        clients.streamer(config),
+        clients.stack.pids(),
+        engine,
+        config,
+        items,
+        concurrency,
+        round_no,
+    )
 
 
 # -- for configurations beyond one stack's four (bench.cvm: a second gateway elsewhere) --------
