@@ -51,6 +51,9 @@ class _Side(asyncio.Protocol):
         self._early.clear()
 
 
+_CONNECTING: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
+
+
 class _Downstream(_Side):
     def __init__(self, target_port: int) -> None:
         super().__init__()
@@ -58,7 +61,9 @@ class _Downstream(_Side):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        asyncio.get_running_loop().create_task(self._connect())
+        task = asyncio.get_running_loop().create_task(self._connect())
+        _CONNECTING.add(task)
+        task.add_done_callback(_CONNECTING.discard)
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()

@@ -45,6 +45,19 @@ def _num(x: object) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:.2f}"
 
 
+def _latency_cells(r: Doc, *, e2e_p95: bool) -> list[str]:
+    """Concurrency, TTFT p50/p95/p99, TPOT p50, E2E p50/(p95)/p99, tokens/s, requests/s."""
+    e2e = ("p50", "p95", "p99") if e2e_p95 else ("p50", "p99")
+    return [
+        str(r["concurrency"]),
+        *(_ms(r["ttft_s"][q]) for q in ("p50", "p95", "p99")),
+        _ms(r["tpot_s"]["p50"], 3),
+        *(_ms(r["e2e_s"][q], 1) for q in e2e),
+        _num(r["tokens_per_s"]),
+        _num(r["requests_per_s"]),
+    ]
+
+
 def _serving_rows(engine: Doc) -> list[list[str]]:
     rows: list[list[str]] = []
     for r in engine["summary"]:
@@ -55,16 +68,7 @@ def _serving_rows(engine: Doc) -> list[list[str]]:
         rows.append(
             [
                 CONFIG_LABELS[r["config"]],
-                str(r["concurrency"]),
-                _ms(r["ttft_s"]["p50"]),
-                _ms(r["ttft_s"]["p95"]),
-                _ms(r["ttft_s"]["p99"]),
-                _ms(r["tpot_s"]["p50"], 3),
-                _ms(r["e2e_s"]["p50"], 1),
-                _ms(r["e2e_s"]["p95"], 1),
-                _ms(r["e2e_s"]["p99"], 1),
-                _num(r["tokens_per_s"]),
-                _num(r["requests_per_s"]),
+                *_latency_cells(r, e2e_p95=True),
                 _ratio(r["ratio_to_direct"]) if r["config"] != "direct" else "(base)",
                 _ms(r["added_ttft_p50_s"], 2) if r["config"] != "direct" else "",
                 cpu_s,
@@ -81,15 +85,7 @@ def _pair_rows(pair: Doc) -> list[list[str]]:
         rows.append(
             [
                 PAIR_LABELS[r["config"]],
-                str(r["concurrency"]),
-                _ms(r["ttft_s"]["p50"]),
-                _ms(r["ttft_s"]["p95"]),
-                _ms(r["ttft_s"]["p99"]),
-                _ms(r["tpot_s"]["p50"], 3),
-                _ms(r["e2e_s"]["p50"], 1),
-                _ms(r["e2e_s"]["p99"], 1),
-                _num(r["tokens_per_s"]),
-                _num(r["requests_per_s"]),
+                *_latency_cells(r, e2e_p95=False),
                 _ratio(r["ratio_to_direct"]) if r["config"] != "direct" else "(base)",
                 _ratio(r["ratio_inside_outside"]) if inside else "",
                 _ms(r["added_ttft_p50_vs_outside_s"], 2) if inside else "",
