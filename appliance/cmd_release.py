@@ -4,6 +4,9 @@
 running it twice on the same recipe gives the same digest and byte-identical manifest.
 ``release RECIPE --log-dir DIR`` also appends the manifest's canonical JSON to the transparency
 log (once: a manifest already logged keeps its index) and prints index, leaf hash and checkpoint.
+``tdx-reference`` turns the quote of a reference boot into the ``[tdx]`` table a TDX recipe
+pins (:mod:`cvm_boot.tdx_reference`); both commands warn while a TDX recipe leaves RTMR0-2
+unpinned, because clients refuse such a release.
 The lead registers both functions on the ``openpcc-appliance`` typer app.
 """
 
@@ -14,16 +17,18 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from cryptography import x509
 from rich.console import Console
 
-from attest.errors import OpenPCCError, exit_code_for
+from attest.errors import OpenPCCError, ParseError, exit_code_for
 from attest.tlog import leaf_hash
 from cvm_boot.manifest import build_manifest, canonical_json
-from cvm_boot.measure import expected_measurement
+from cvm_boot.measure import TDX_REFERENCE_HINT, expected_measurement, tdx_expectations
 from cvm_boot.recipe import Recipe, load_recipe
+from cvm_boot.tdx_reference import fetch_quote, quote_from, reference_values
 from cvm_boot.tlog import TransparencyLog
 
-__all__ = ["default_manifest_path", "measure", "release"]
+__all__ = ["default_manifest_path", "measure", "release", "tdx_reference"]
 
 _err = Console(stderr=True)
 
@@ -37,7 +42,7 @@ def _fail(error: OpenPCCError) -> typer.Exit:
     line = f"[bold red]error:[/] {error}"
     if error.hint:
         line += f"\n[dim]hint: {error.hint}[/]"
-    _err.print(line, highlight=False)
+    _err.print(line, highlight=False, soft_wrap=True)
     return typer.Exit(exit_code_for(error))
 
 
@@ -46,6 +51,22 @@ def _measure(recipe_path: Path) -> tuple[Recipe, dict[str, object], bytes]:
     measurement = expected_measurement(recipe)
     manifest = build_manifest(recipe, measurement)
     return recipe, manifest, measurement
+
+
+def _warn_unbound(recipe: Recipe, json_out: bool) -> list[str]:
+    """A TDX recipe's RTMR0-2 it leaves unpinned (clients refuse it); warned about on stderr."""
+    if recipe.tee != "tdx":
+        return []
+    unbound = list(tdx_expectations(recipe).unbound)
+    if unbound and not json_out:
+        _err.print(
+            f"[bold yellow]warning:[/] {', '.join(n.upper() for n in unbound)} not pinned in "
+            "[tdx]: clients refuse this release until they are\n"
+            f"[dim]hint: {TDX_REFERENCE_HINT}[/]",
+            highlight=False,
+            soft_wrap=True,
+        )
+    return unbound
 
 
 def measure(
@@ -63,8 +84,15 @@ def measure(
         raise _fail(e) from e
     path = output or default_manifest_path(recipe)
     path.write_bytes(canonical_json(manifest) + b"\n")
+    unbound = _warn_unbound(parsed, json_)
     if json_:
-        out = {"measurement": measurement.hex(), "tee": parsed.tee, "manifest_path": str(path)}
+        out: dict[str, object] = {
+            "measurement": measurement.hex(),
+            "tee": parsed.tee,
+            "manifest_path": str(path),
+        }
+        if parsed.tee == "tdx":
+            out["unpinned_rtmrs"] = unbound
         typer.echo(json.dumps(out, sort_keys=True))
     else:
         typer.echo(f"tee:         {parsed.tee}")
@@ -81,7 +109,8 @@ def release(
 ) -> None:
     """Measure RECIPE and append its manifest to the transparency log."""
     try:
-        _, manifest, measurement = _measure(recipe)
+        parsed, manifest, measurement = _measure(recipe)
+        unbound = _warn_unbound(parsed, json_)
         data = canonical_json(manifest)
         log = TransparencyLog.open(log_dir)
         index = log.find(data)
@@ -102,6 +131,8 @@ def release(
             "checkpoint": checkpoint,
             "log_vkey": log.verifier_key,
         }
+        if parsed.tee == "tdx":
+            out["unpinned_rtmrs"] = unbound
         typer.echo(json.dumps(out, sort_keys=True))
     else:
         typer.echo(f"index:       {index}{'' if appended else ' (already logged)'}")
@@ -110,3 +141,67 @@ def release(
         typer.echo(f"log key:     {log.verifier_key}")
         typer.echo("checkpoint:")
         typer.echo(checkpoint, nl=False)
+
+
+def tdx_reference(
+    source: Annotated[
+        Path | None,
+        typer.Argument(help="A DCAP quote, or an attestation bundle (JSON) holding one."),
+    ] = None,
+    url: Annotated[
+        str | None,
+        typer.Option("--url", help="Fetch the quote from this gateway's /v1/attestation."),
+    ] = None,
+    recipe: Annotated[
+        Path | None,
+        typer.Option("--recipe", help="Check the quote against this TDX recipe's [tdx].mrtd."),
+    ] = None,
+    simulated_root: Annotated[
+        Path | None,
+        typer.Option(
+            "--simulated-root",
+            help="A simulated appliance's sim-tdx root (PEM): accept a SIMULATED quote chained "
+            "to it instead of Intel's.",
+        ),
+    ] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of TOML.")] = False,
+) -> None:
+    """Print the [tdx] table (MRTD, RTMR0-2) a TDX recipe pins, from a reference boot's quote.
+
+    The quote must verify to Intel's root and come from a TD with debug off; boot the reference
+    on a host you trust, since RTMR0 records the firmware configuration that host supplied.
+    """
+    try:
+        if (source is None) == (url is None):
+            raise ParseError(
+                "give exactly one of SOURCE (a quote or bundle file) and --url",
+                hint="openpcc-appliance tdx-reference --url http://127.0.0.1:8443",
+            )
+        parsed = load_recipe(recipe) if recipe is not None else None
+        roots = _pem_roots(simulated_root) if simulated_root is not None else None
+        if source is not None:
+            try:
+                raw = source.read_bytes()
+            except OSError as e:
+                raise ParseError(f"cannot read {source}: {e.strerror or e}") from e
+            quote = quote_from(raw)
+        else:
+            assert url is not None
+            quote = fetch_quote(url)
+        ref = reference_values(quote, simulation_roots=roots, recipe=parsed)
+    except OpenPCCError as e:
+        raise _fail(e) from e
+    if json_:
+        typer.echo(json.dumps(ref.to_dict(), sort_keys=True))
+    else:
+        typer.echo(ref.toml(), nl=False)
+
+
+def _pem_roots(path: Path) -> list[x509.Certificate]:
+    try:
+        roots = x509.load_pem_x509_certificates(path.read_bytes())
+    except OSError as e:
+        raise ParseError(f"cannot read --simulated-root {path}: {e.strerror or e}") from e
+    except ValueError as e:
+        raise ParseError(f"--simulated-root {path} holds no PEM certificate") from e
+    return roots

@@ -21,7 +21,7 @@ from appliance import vm as emulated_vm
 from appliance.cmd_bench import bench
 from appliance.cmd_dashboard import dashboard
 from appliance.cmd_image import build_image
-from appliance.cmd_release import measure, release
+from appliance.cmd_release import measure, release, tdx_reference
 from appliance.doctor import detect_host, run_checks
 from appliance.state import ApplianceRecord, StatePaths
 from attest.errors import OpenPCCError, ParseError, exit_code_for
@@ -39,6 +39,7 @@ app = typer.Typer(
 )
 app.command("measure")(measure)
 app.command("release")(release)
+app.command("tdx-reference")(tdx_reference)
 app.command("dashboard")(dashboard)
 app.command("bench")(bench)
 app.command("build-image")(build_image)

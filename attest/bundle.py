@@ -29,9 +29,12 @@ recipe, its pinned MRTD, so MRTD is compared with it (and with ``tdx.mrtd`` when
 covers the TD's initial memory, i.e. the firmware only; the kernel, initrd and command line are
 extended into RTMR1-2 at boot. A manifest ``tdx`` table may pin ``rtmr0``..``rtmr3``,
 ``mrconfigid``, ``mrowner``, ``mrownerconfig``; each one present must equal the quote's, and any
-other key there is refused rather than ignored. Where no RTMR is pinned the check's detail says so:
-the kernel and command line are then not bound by the quote. The bundle's ``certs`` is
-informational for TDX: the chain verified is the one the quote itself carries.
+other key there is refused rather than ignored. RTMR0-2 (host-supplied firmware configuration,
+kernel, command line and initrd) must each be bound, by that table or by an allowlist in the
+client's ``[tdx]`` policy; a TD with any of them unbound fails the measurement check unless the
+policy says ``allow_unpinned_rtmrs = true``, and then the check's detail says what was not bound.
+The bundle's ``certs`` is informational for TDX: the chain verified is the one the quote itself
+carries.
 
 Reference values. Two vendor-signed inputs the client supplies tighten checks 4, 5 and 8 when the
 policy carries them, and change nothing when it does not:
@@ -80,8 +83,8 @@ from attest.sevsnp.validate import SnpPolicy, validate_report
 from attest.sevsnp.verify import load_certificates, verify_report
 from attest.tdx.abi import MR_SIZE, Quote, parse_quote
 from attest.tdx.collateral import TcbEvaluation, TdxCollateral, evaluate_collateral
-from attest.tdx.validate import TdxPolicy, validate_quote
-from attest.tdx.verify import verify_quote
+from attest.tdx.validate import BOUND_RTMRS, TdxPolicy, validate_quote
+from attest.tdx.verify import INTEL_TD_QE_MRSIGNER, SIMULATED_TD_QE_MRSIGNER, verify_quote
 from server.ohttp import KeyConfig
 
 __all__ = [
@@ -133,12 +136,14 @@ _TDX_QUOTE_CHECKS = (
     "tdx-pck-chain",
     "tdx-qe-report-signature",
     "tdx-qe-report-data",
+    "tdx-qe-identity-floor",
     "tdx-quote-signature",
 )
 _TDX_CHECK_NAMES = {
     "tdx-pck-chain": "cert-chain",
     "tdx-qe-report-signature": "tcb-consistency",
     "tdx-qe-report-data": "tcb-consistency",
+    "tdx-qe-identity-floor": "tcb-consistency",
     "tdx-quote-signature": "report-signature",
 }
 # Manifest ``tdx`` keys compared with the quote (the 48-byte TD registers).
@@ -406,7 +411,7 @@ def run_verification(
 
         # 6a. measurement equals the manifest's
         if cpu.quote is not None:
-            _tdx_measurement(r, b.manifest, cpu.quote)
+            _tdx_measurement(r, b.manifest, cpu.quote, policy.tdx_or_floor)
         else:
             expected = _manifest_measurement(b.manifest)
             if expected is None or not hmac.compare_digest(expected, cpu.measurement):
@@ -599,7 +604,12 @@ def _tdx_checks(
         roots = trust.intel_roots
     try:
         # Never roots=None: that would mean verify_quote's own default, not this client's trust.
-        verified = verify_quote(quote, roots=list(roots), now=now)
+        verified = verify_quote(
+            quote,
+            roots=list(roots),
+            now=now,
+            qe_mrsigner=SIMULATED_TD_QE_MRSIGNER if simulated else INTEL_TD_QE_MRSIGNER,
+        )
     except VerificationError as e:
         name = _TDX_CHECK_NAMES.get(e.check, "cert-chain")
         done = (
@@ -615,7 +625,12 @@ def _tdx_checks(
     detail = dict(verified.checks)
     r.passed("report-signature", detail["tdx-quote-signature"] + " by the attestation key")
     r.passed("cert-chain", f"{TDX_PRODUCT}: PCK chain, " + detail["tdx-pck-chain"])
-    qe = "QE report signed by the PCK key " + detail["tdx-qe-report-data"]
+    qe = (
+        "QE report signed by the PCK key "
+        + detail["tdx-qe-report-data"]
+        + "; "
+        + detail["tdx-qe-identity-floor"]
+    )
 
     # 4 (continued). The platform's TCB level, from the collateral the policy carries. Its
     # signing chain must reach the roots this quote's PCK chain was just checked against.
@@ -665,8 +680,16 @@ def _tdx_checks(
     )
 
 
-def _tdx_measurement(r: _Runner, manifest: Mapping[str, object], quote: Quote) -> None:
-    """MRTD equals the manifest's ``measurement``; every register its ``tdx`` table pins, too."""
+def _tdx_measurement(
+    r: _Runner, manifest: Mapping[str, object], quote: Quote, rules: TdxPolicy
+) -> None:
+    """MRTD equals the manifest's ``measurement``; every register its ``tdx`` table pins, too.
+
+    RTMR0-2 (:data:`BOUND_RTMRS`) must each be bound, by a manifest pin or by an allowlist in the
+    client's policy (compared at check 5): otherwise the quote says nothing about the kernel,
+    initrd, command line or host-supplied ACPI tables, and the node is refused unless the policy
+    names ``allow_unpinned_rtmrs``.
+    """
     body = quote.body
     registers = {
         "mrtd": body.mrtd,
@@ -679,8 +702,8 @@ def _tdx_measurement(r: _Runner, manifest: Mapping[str, object], quote: Quote) -
         "mrownerconfig": body.mrownerconfig,
     }
 
-    def failed(message: str) -> _Failed:
-        return r.fail("measurement", VerificationError("measurement", message))
+    def failed(message: str, hint: str = "") -> _Failed:
+        return r.fail("measurement", VerificationError("measurement", message, hint=hint))
 
     expected = _manifest_measurement(manifest)
     if expected is None or not hmac.compare_digest(expected, body.mrtd):
@@ -704,16 +727,28 @@ def _tdx_measurement(r: _Runner, manifest: Mapping[str, object], quote: Quote) -
             raise failed(
                 f"quote {name.upper()} {registers[name].hex()} != manifest tdx.{name} {want.hex()}"
             )
-    rtmrs = [n.upper() for n in ("rtmr0", "rtmr1", "rtmr2", "rtmr3") if n in pins]
-    r.passed(
-        "measurement",
-        f"MRTD {body.mrtd.hex()}; "
-        + (
-            f"{', '.join(rtmrs)} match the manifest"
-            if rtmrs
-            else "no RTMR pinned by the manifest: kernel, initrd and command line not compared"
-        ),
-    )
+    by_policy = [n for n in BOUND_RTMRS if n not in pins and getattr(rules, n)]
+    unbound = [n for n in BOUND_RTMRS if n not in pins and n not in by_policy]
+    if unbound and not rules.allow_unpinned_rtmrs:
+        raise failed(
+            f"{', '.join(n.upper() for n in unbound)} pinned neither by the manifest's tdx table "
+            "nor by the policy: the TD's kernel, initrd and command line would not be bound",
+            hint="the operator releases RTMR0-2 from a reference boot "
+            "(openpcc-appliance tdx-reference); to accept an unbound kernel anyway, set "
+            "[tdx] allow_unpinned_rtmrs = true in policy.toml",
+        )
+    pinned = [n.upper() for n in ("rtmr0", "rtmr1", "rtmr2", "rtmr3") if n in pins]
+    parts = [f"MRTD {body.mrtd.hex()}"]
+    if pinned:
+        parts.append(f"{', '.join(pinned)} match the manifest")
+    if by_policy:
+        parts.append(f"{', '.join(n.upper() for n in by_policy)} in the policy's allowlist")
+    if unbound:
+        parts.append(
+            f"{', '.join(n.upper() for n in unbound)} NOT bound (policy allow_unpinned_rtmrs): "
+            "kernel, initrd and command line not compared"
+        )
+    r.passed("measurement", "; ".join(parts))
 
 
 def _hex_register(value: object) -> bytes | None:

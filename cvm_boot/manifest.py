@@ -70,5 +70,8 @@ def build_manifest(recipe: Recipe, measurement: bytes) -> dict[str, object]:
         "gateway": {"version": recipe.gateway_version, "port": recipe.gateway_port},
     }
     if recipe.tdx_mrtd is not None:
-        manifest["tdx"] = {"mrtd": recipe.tdx_mrtd.hex()}
+        manifest["tdx"] = {
+            "mrtd": recipe.tdx_mrtd.hex(),
+            **{name: value.hex() for name, value in recipe.tdx_rtmrs},
+        }
     return manifest

@@ -10,8 +10,9 @@
   kernel or initrd files are needed and a client recomputes it from the manifest alone.
 - ``tdx``: see ``tdx_expectations``. MRTD depends on how the TDX module adds and extends the
   TDVF firmware's metadata sections; this module does not replay that, so a TDX recipe pins
-  ``[tdx].mrtd`` from a reference launch of the same firmware. RTMR[1..2] (kernel, command line,
-  initrd) are not predicted here: they are for a verifier replaying the guest's CCEL event log.
+  ``[tdx].mrtd`` from a reference launch of the same firmware, and RTMR[0..2] (firmware
+  configuration, kernel, command line and initrd) from a reference boot of the image
+  (``openpcc-appliance tdx-reference``); clients refuse a TD whose RTMR0-2 are not bound.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ __all__ = [
     "AMDSEV_FIRMWARE_HINT",
     "MEASUREMENT_SIZE",
     "SIM_DOMAIN",
+    "TDX_REFERENCE_HINT",
     "TdxExpectation",
     "expected_measurement",
     "firmware_has_kernel_hashes",
@@ -122,32 +124,52 @@ def snp_launch_digest(
 
 @dataclass(frozen=True, slots=True)
 class TdxExpectation:
-    """What a TDX quote is checked against, and what is left to the event log."""
+    """What a TDX quote is checked against: MRTD and the runtime registers the recipe pins."""
 
     mrtd: bytes
+    rtmrs: tuple[tuple[str, bytes], ...]
     notes: tuple[str, ...]
+
+    @property
+    def unbound(self) -> tuple[str, ...]:
+        """Of RTMR0-2 (what a client requires bound), the ones this recipe does not pin."""
+        pinned = {name for name, _ in self.rtmrs}
+        return tuple(n for n in ("rtmr0", "rtmr1", "rtmr2") if n not in pinned)
+
+
+TDX_REFERENCE_HINT = (
+    "boot this release once on a TDX host you trust, then run `openpcc-appliance tdx-reference "
+    "--url http://127.0.0.1:PORT` (or give it the quote) and paste the [tdx] table it prints "
+    "into the recipe"
+)
 
 
 def tdx_expectations(recipe: Recipe) -> TdxExpectation:
     if recipe.tee != "tdx":
         raise ParseError(f"recipe {recipe.name} is not a TDX recipe")
     if recipe.tdx_mrtd is None:
-        raise ParseError(
-            "recipe: a TDX recipe needs [tdx].mrtd",
-            hint="launch the firmware once on a trusted host and pin the quote's MRTD",
-        )
-    return TdxExpectation(
-        mrtd=recipe.tdx_mrtd,
-        notes=(
-            "MRTD: pinned from a reference launch of firmware "
-            f"{recipe.firmware.sha256.hex()} (TDVF page-add/extend replay is not implemented)",
-            "RTMR[0]: firmware configuration (TD HOB, ACPI tables); depends on the host's QEMU",
-            "RTMR[1]: kernel image (PE/Authenticode digest) and EFI boot events",
-            "RTMR[2]: kernel command line and initrd; the command line carries both "
-            "dm-verity root hashes",
-            "RTMR[1..2] are not predicted here; replay the CCEL event log against the recipe",
-        ),
+        raise ParseError("recipe: a TDX recipe needs [tdx].mrtd", hint=TDX_REFERENCE_HINT)
+    pinned = dict(recipe.tdx_rtmrs)
+    what = {
+        "rtmr0": "firmware configuration the host supplies (TD HOB, ACPI tables)",
+        "rtmr1": "kernel image (PE/Authenticode digest) and EFI boot events",
+        "rtmr2": "kernel command line (with both dm-verity root hashes) and initrd",
+        "rtmr3": "extended by the TD at run time (not used by this image)",
+    }
+    notes = [
+        "MRTD: pinned from a reference launch of firmware "
+        f"{recipe.firmware.sha256.hex()} (TDVF page-add/extend replay is not implemented)"
+    ]
+    for name, meaning in what.items():
+        state = "pinned from a reference boot" if name in pinned else "NOT pinned"
+        if name == "rtmr3" and name not in pinned:
+            state = "not pinned"
+        notes.append(f"{name.upper()}: {meaning}; {state}")
+    notes.append(
+        "RTMR values are not predicted from the recipe (no CCEL event-log replay yet): they are "
+        "taken from a reference boot whose quote chains to Intel"
     )
+    return TdxExpectation(mrtd=recipe.tdx_mrtd, rtmrs=recipe.tdx_rtmrs, notes=tuple(notes))
 
 
 def expected_measurement(recipe: Recipe) -> bytes:

@@ -75,6 +75,8 @@ class Recipe:
     gateway_version: str
     gateway_port: int
     tdx_mrtd: bytes | None = None
+    tdx_rtmrs: tuple[tuple[str, bytes], ...] = ()
+    """``[tdx] rtmr0``..``rtmr3`` from a reference boot, as (name, value) in register order."""
     source: Path | None = None
 
     @property
@@ -268,9 +270,14 @@ def parse_recipe(text: str, *, base_dir: Path, source: Path | None = None) -> Re
     gateway.done()
 
     tdx_mrtd: bytes | None = None
+    tdx_rtmrs: list[tuple[str, bytes]] = []
     tdx = top.table("tdx", required=False)
     if tdx is not None:
         tdx_mrtd = tdx.hexbytes("mrtd", 48)
+        for reg in ("rtmr0", "rtmr1", "rtmr2", "rtmr3"):
+            register = tdx.hexbytes(reg, 48, required=False)
+            if register is not None:
+                tdx_rtmrs.append((reg, register))
         tdx.done()
         if tee != "tdx":
             raise ParseError("recipe: [tdx] only belongs in a recipe with tee = 'tdx'")
@@ -301,6 +308,7 @@ def parse_recipe(text: str, *, base_dir: Path, source: Path | None = None) -> Re
         gateway_version=gateway_version,
         gateway_port=gateway_port,
         tdx_mrtd=tdx_mrtd,
+        tdx_rtmrs=tuple(tdx_rtmrs),
         source=source,
     )
 

@@ -82,7 +82,9 @@ _LOOP = "uvloop" if _have("uvloop") else "asyncio"
 def build_state(cfg: GatewayConfig) -> GatewayState:
     manifest = json.loads(cfg.manifest.read_text())
     measurement = bytes.fromhex(str(manifest["measurement"]))
-    cpu = cpu_provider(cfg.attestation, sim_dir=cfg.sim_dir, measurement=measurement)
+    cpu = cpu_provider(
+        cfg.attestation, sim_dir=cfg.sim_dir, measurement=measurement, manifest=manifest
+    )
     gpu: GpuEvidenceProvider
     if cfg.gpu == "simulated":
         gpu = SimulatedGpuProvider(cfg.sim_dir / "gpu", cfg.gpu_count)

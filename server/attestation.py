@@ -7,6 +7,12 @@ For TDX the "report" is the DCAP quote, whose 64-byte TD REPORTDATA carries the 
 configuration, the GPU evidence and the release manifest into REPORT_DATA, so a client can check
 that all of them come from this one node. :func:`cpu_provider` picks a provider by the gateway
 config's ``attestation`` value.
+
+Evidence production is serialized per builder: one hardware request at a time (NVML handles are
+not documented as thread-safe, and each report costs a firmware or GPU round trip). The
+gateway asks for fresh evidence only through an :class:`EvidenceLine`, which bounds how many
+requests may wait for it and runs them on one thread of its own; a still-current nonce-less
+bundle is served from the cache without waiting behind either.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import base64
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -34,6 +41,7 @@ __all__ = [
     "ConfigfsSnpProvider",
     "ConfigfsTdxProvider",
     "CpuEvidenceProvider",
+    "EvidenceLine",
     "GpuEvidenceProvider",
     "NoGpuProvider",
     "NvmlGpuProvider",
@@ -131,14 +139,47 @@ class SimulatedTdxProvider:
         return quote, self._chain
 
 
-def cpu_provider(kind: str, *, sim_dir: Path, measurement: bytes) -> CpuEvidenceProvider:
-    """The CPU evidence provider a gateway config's ``attestation`` value names."""
+def simulated_td_registers(manifest: Mapping[str, object]) -> tuple[bytes, ...]:
+    """RTMR0-3 of a simulated TD booted from ``manifest``: what its ``tdx`` table pins, zeros
+    elsewhere (a simulated TD of a release that pins nothing is then refused, as a real one
+    would be). A pin that is not 48 bytes of hex is an error, not a zero."""
+    pins = manifest.get("tdx", {})
+    if not isinstance(pins, Mapping):
+        raise OpenPCCError("manifest field 'tdx' must be an object of TD registers")
+    out = []
+    for i in range(4):
+        value = pins.get(f"rtmr{i}")
+        if value is None:
+            out.append(bytes(48))
+            continue
+        try:
+            raw = bytes.fromhex(value) if isinstance(value, str) else b""
+        except ValueError:
+            raw = b""
+        if len(raw) != 48:
+            raise OpenPCCError(f"manifest tdx.rtmr{i} is not 48 bytes of hex")
+        out.append(raw)
+    return tuple(out)
+
+
+def cpu_provider(
+    kind: str,
+    *,
+    sim_dir: Path,
+    measurement: bytes,
+    manifest: Mapping[str, object] | None = None,
+) -> CpuEvidenceProvider:
+    """The CPU evidence provider a gateway config's ``attestation`` value names.
+
+    ``manifest`` gives a simulated TD its runtime registers (:func:`simulated_td_registers`).
+    """
     if kind == "simulated":
         return SimulatedSnpProvider(sim_dir / "snp", measurement)
     if kind == "configfs":
         return ConfigfsSnpProvider()
     if kind == "simulated-tdx":
-        return SimulatedTdxProvider(sim_dir / "tdx", measurement)
+        rtmrs = simulated_td_registers(manifest) if manifest is not None else None
+        return SimulatedTdxProvider(sim_dir / "tdx", measurement, rtmrs=rtmrs)
     if kind == "configfs-tdx":
         return ConfigfsTdxProvider()
     raise OpenPCCError(f"unknown attestation provider {kind!r}")
@@ -248,7 +289,12 @@ class NoGpuProvider:
 
 
 class BundleBuilder:
-    """Builds bundles; the nonce-less one is cached until the key or the log changes."""
+    """Builds bundles; the nonce-less one is cached until the key or the log changes.
+
+    Only one build at a time asks the hardware (``_evidence``); the cache has a lock of its own
+    (``_lock``), held only for a dictionary look-up, so a current cached bundle never waits for
+    a slow GPU or CPU report.
+    """
 
     def __init__(
         self,
@@ -265,6 +311,7 @@ class BundleBuilder:
         self._manifest = dict(manifest)
         self._tlog_entry = tlog_entry
         self._lock = threading.Lock()
+        self._evidence = threading.Lock()
         self._cached: tuple[tuple[int, object], dict[str, object]] | None = None
         keys.on_rotate(self.invalidate)
 
@@ -276,14 +323,32 @@ class BundleBuilder:
         with self._lock:
             self._cached = None
 
+    def cached(self) -> dict[str, object] | None:
+        """The nonce-less bundle if it is still current (same key, same log); never asks the
+        hardware and never waits for a build in progress."""
+        self._keys.tick()  # a rotation that is due happens now, not after the look-up
+        stamp = (self._keys.generation, self._tlog_entry().get("tree_size"))
+        with self._lock:
+            if self._cached is not None and self._cached[0] == stamp:
+                return self._cached[1]
+        return None
+
     def build(self, nonce: bytes | None) -> dict[str, object]:
+        """A bundle answering ``nonce`` (fresh evidence), or the current nonce-less one."""
+        if nonce is None and (bundle := self.cached()) is not None:
+            return bundle
+        with self._evidence:
+            # Nonce-less requests that waited here while another built it take that one.
+            if nonce is None and (bundle := self.cached()) is not None:
+                return bundle
+            return self._build_locked(nonce)
+
+    def _build_locked(self, nonce: bytes | None) -> dict[str, object]:
+        # The generation is read before the key: a rotation in between makes the cached copy
+        # look stale (one rebuild too many), never a bundle over the old key look current.
+        generation = self._keys.generation
         key_config = self._keys.current_config.encode()
         tl = self._tlog_entry()
-        if nonce is None:
-            stamp = (self._keys.generation, tl.get("tree_size"))
-            with self._lock:
-                if self._cached is not None and self._cached[0] == stamp:
-                    return self._cached[1]
         gpus = self._gpu.evidence(binding.gpu_nonce(nonce))
         rd = binding.report_data(
             key_config=key_config, gpus=gpus, manifest=self._manifest, nonce=nonce
@@ -302,5 +367,60 @@ class BundleBuilder:
         }
         if nonce is None:
             with self._lock:
-                self._cached = ((self._keys.generation, tl.get("tree_size")), bundle)
+                self._cached = ((generation, tl.get("tree_size")), bundle)
         return bundle
+
+
+class EvidenceLine:
+    """Fresh evidence for the gateway: at most ``limit`` builds waiting or running, on one
+    thread of its own, so a flood of nonce'd requests neither grows without bound nor pins the
+    default thread pool that the rest of the gateway shares.
+
+    A slot is given back when its build is *done in the executor* (finished, failed, or
+    cancelled before it started), never when the request merely stops waiting for it: a hardware
+    call cannot be interrupted, so a build whose client timed out still occupies the line until
+    the hardware answers. Releasing early would let clients that give up stack unbounded work
+    behind a hung GPU, which is the flood this exists to stop. The count is therefore always the
+    number of builds really queued or running; when the hardware hangs, the line fills and
+    every further request is refused at once instead of waiting.
+    """
+
+    def __init__(self, builder: BundleBuilder, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"an evidence line needs a limit >= 1, not {limit}")
+        self._builder = builder
+        self._limit = limit
+        self._lock = threading.Lock()  # released from the executor's thread
+        self._waiting = 0
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="openpcc-evidence")
+
+    @property
+    def waiting(self) -> int:
+        """Builds queued or running now."""
+        with self._lock:
+            return self._waiting
+
+    def submit(self, nonce: bytes | None) -> Future[dict[str, object]] | None:
+        """The build, queued; None when ``limit`` builds are already waiting or running.
+
+        Cancelling the future drops a build that has not started (and frees its slot at once);
+        a running one finishes and frees its slot then."""
+        with self._lock:
+            if self._waiting >= self._limit:
+                return None
+            self._waiting += 1
+        try:
+            future = self._pool.submit(self._builder.build, nonce)
+        except RuntimeError:  # shut down: nothing was queued
+            self._release()
+            raise
+        future.add_done_callback(self._release)
+        return future
+
+    def _release(self, _: object = None) -> None:
+        with self._lock:
+            self._waiting -= 1
+
+    def shutdown(self) -> None:
+        """Drop queued builds; a running hardware call is left to finish on its own."""
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -29,6 +30,13 @@ class GatewayConfig:
     key_rotation_s: float = 3600.0
     key_overlap_s: float = 300.0
     replay_max_per_key: int = 100_000
+    # Nonce'd attestation requests waiting for or producing fresh evidence (one at a time); more
+    # are answered 503 "busy". Eight covers a burst of sessions starting together while the last
+    # in line still waits only seconds (an NVML report per GPU can take hundreds of ms).
+    max_attestation_waiting: int = 8
+    # The longest one attestation request waits for fresh evidence, in line and producing it,
+    # before it is answered 503 "unavailable"; healthy hardware answers a full line well within.
+    attestation_timeout_s: float = 30.0
     attestation: str = "simulated"  # one of ATTESTATION_PROVIDERS
     sim_dir: Path = Path()
     gpu: str = "simulated"  # "simulated" | "none" | "nvidia"
@@ -38,6 +46,14 @@ class GatewayConfig:
     log_dir: Path = Path()
     engine: EngineSpec = field(default_factory=lambda: EngineSpec(kind="embedded"))
     engine_log: Path | None = None
+
+    def __post_init__(self) -> None:
+        n = self.max_attestation_waiting
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ParseError(f"max_attestation_waiting must be an integer >= 1, not {n!r}")
+        t = self.attestation_timeout_s
+        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t <= 0:
+            raise ParseError(f"attestation_timeout_s must be a number of seconds > 0, not {t!r}")
 
 
 _PATHS = {"sim_dir", "manifest", "log_dir", "engine_log"}
@@ -73,5 +89,5 @@ def load_config(path: Path) -> GatewayConfig:
         )
     try:
         return GatewayConfig(**gw, engine=EngineSpec(**engine))
-    except TypeError as e:
+    except (TypeError, ParseError) as e:
         raise ParseError(f"gateway config {path}: {e}") from e

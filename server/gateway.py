@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from attest.errors import DecryptError, OpenPCCError, ParseError
 from server.asgi_stream import Message, stream_to_client
-from server.attestation import BundleBuilder
+from server.attestation import BundleBuilder, EvidenceLine
 from server.bhttp_stream import encode_content_chunk, encode_response_end, encode_response_head
 from server.config import GatewayConfig
 from server.engines import EngineSupervisor
@@ -91,13 +91,16 @@ class GatewayState:
     in_flight: int = 0
 
 
-def _plain(status: int, text: str) -> Response:
-    return PlainTextResponse(text, status_code=status, headers={"cache-control": "no-store"})
+def _plain(status: int, text: str, headers: dict[str, str] | None = None) -> Response:
+    return PlainTextResponse(
+        text, status_code=status, headers={"cache-control": "no-store", **(headers or {})}
+    )
 
 
 def create_app(state: GatewayState) -> ASGIApp:
     cfg = state.config
     m = state.metrics
+    evidence = EvidenceLine(state.bundles, cfg.max_attestation_waiting)
 
     async def attestation(request: Request) -> Response:
         raw = request.query_params.get("nonce")
@@ -109,8 +112,23 @@ def create_app(state: GatewayState) -> ASGIApp:
                 nonce = bytes.fromhex(raw)
             except ValueError:
                 return _plain(400, "bad request: nonce must be 64 hex characters")
+        bundle = await asyncio.to_thread(state.bundles.cached) if nonce is None else None
+        if bundle is not None:
+            return JSONResponse(bundle, headers={"cache-control": "no-store"})
+        # Fresh evidence (a nonce, or the nonce-less bundle after a rotation): admitted only
+        # while the line has room, so a flood gets "busy" at once instead of a growing queue.
+        build = evidence.submit(nonce)
+        if build is None:
+            m.attestation_busy += 1
+            return _plain(503, "busy", {"retry-after": "1"})
         try:
-            bundle = await asyncio.to_thread(state.bundles.build, nonce)
+            # On timeout wait_for cancels the wrapped future, which cancels ``build``: dropped
+            # if it has not started, left to finish (still holding its slot) if it has.
+            bundle = await asyncio.wait_for(asyncio.wrap_future(build), cfg.attestation_timeout_s)
+        except TimeoutError:
+            build.cancel()
+            m.attestation_timeouts += 1
+            return _plain(503, "unavailable: evidence was not produced in time")
         except OpenPCCError as e:
             return _plain(503, f"unavailable: evidence could not be produced ({type(e).__name__})")
         return JSONResponse(bundle, headers={"cache-control": "no-store"})
@@ -154,6 +172,7 @@ def create_app(state: GatewayState) -> ASGIApp:
             "openpcc_key_id": state.keys.current_config.key_id,
             "openpcc_key_age_seconds": round(state.keys.current_age_s, 1),
             "openpcc_replays_refused_total": state.keys.replays_refused,
+            "openpcc_attestation_waiting": evidence.waiting,
             "openpcc_uptime_seconds": round(time.monotonic() - state.started, 1),
         }
         text = m.render(gauges, lambda: {"tee": state.bundles.tee})
@@ -348,6 +367,7 @@ def create_app(state: GatewayState) -> ASGIApp:
         try:
             yield
         finally:
+            evidence.shutdown()
             await state.serving.aclose()
 
     routes = [

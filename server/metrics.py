@@ -79,6 +79,10 @@ class Metrics:
         self.tokens_in = 0
         self.tokens_out = 0
         self.active_streams = 0
+        # GET /v1/attestation with a nonce: refused because the evidence line was full, and
+        # answered "unavailable" because evidence did not come within attestation_timeout_s.
+        self.attestation_busy = 0
+        self.attestation_timeouts = 0
         self.ttft = Histogram()
         self.itl = Histogram()
         self.request_seconds = Histogram()
@@ -109,6 +113,10 @@ class Metrics:
                 f"openpcc_tokens_out_total {self.tokens_out}",
                 "# TYPE openpcc_active_streams gauge",
                 f"openpcc_active_streams {self.active_streams}",
+                "# TYPE openpcc_attestation_busy_total counter",
+                f"openpcc_attestation_busy_total {self.attestation_busy}",
+                "# TYPE openpcc_attestation_timeouts_total counter",
+                f"openpcc_attestation_timeouts_total {self.attestation_timeouts}",
             ]
             lines += self.ttft.render("openpcc_time_to_first_token_seconds")
             lines += self.itl.render("openpcc_inter_token_latency_seconds")

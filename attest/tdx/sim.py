@@ -30,7 +30,11 @@ from cryptography.x509.oid import NameOID
 
 from attest.errors import ParseError
 from attest.tdx import abi
-from attest.tdx.verify import INTEL_ROOT_SUBJECT_CN, QE_REPORT_DATA_HASH_SIZE
+from attest.tdx.verify import (
+    INTEL_ROOT_SUBJECT_CN,
+    QE_REPORT_DATA_HASH_SIZE,
+    SIMULATED_TD_QE_MRSIGNER,
+)
 
 __all__ = [
     "SIMULATED_BANNER",
@@ -54,7 +58,7 @@ _QE_ATTRIBUTES = bytes.fromhex("1500000000000000e700000000000000")
 _QE_AUTH_DATA = bytes(range(32))  # what Intel's QE puts there too
 # Simulated identities: digests of labels, so they can never equal Intel's real values.
 _QE_MRENCLAVE = hashlib.sha256(b"OpenPCC SIMULATED TD Quoting Enclave").digest()
-_QE_MRSIGNER = hashlib.sha256(b"OpenPCC SIMULATED TD QE signer").digest()
+_QE_MRSIGNER = SIMULATED_TD_QE_MRSIGNER
 _MRSEAM = hashlib.sha384(b"OpenPCC SIMULATED TDX module").digest()
 # SGX extensions of a PCK certificate (Intel SGX PCK Certificate and CRL Profile).
 OID_SGX_EXTENSIONS = x509.ObjectIdentifier("1.2.840.113741.1.13.1")

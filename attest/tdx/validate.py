@@ -7,7 +7,9 @@ every violation into one :class:`PolicyError`, each naming the field and both va
 
 ``accepted_tcb_statuses`` (default ``["UpToDate"]``) lists the Intel TCB statuses accepted when
 collateral was evaluated; ``"Revoked"`` can never be listed. ``require_collateral = true`` makes
-a quote whose collateral was not evaluated a violation.
+a quote whose collateral was not evaluated a violation. ``allow_unpinned_rtmrs = true`` lets the
+bundle verifier accept a TD whose RTMR0-2 neither the release manifest nor this policy pins (see
+:data:`BOUND_RTMRS`); without it such a TD is refused, because MRTD covers only the firmware.
 """
 
 from __future__ import annotations
@@ -23,12 +25,24 @@ from attest.errors import ParseError, PolicyError
 from attest.tdx.abi import MR_SIZE, Quote
 from attest.tdx.collateral import DEFAULT_ACCEPTED_TCB_STATUSES, TcbEvaluation, TcbStatus
 
-__all__ = ["TdxPolicy", "validate_quote"]
+__all__ = ["BOUND_RTMRS", "TdxPolicy", "validate_quote"]
 
 REPORT_DATA_SIZE = 64
+BOUND_RTMRS = ("rtmr0", "rtmr1", "rtmr2")
+"""The runtime registers a TD must have bound (by the release manifest or the client's policy)
+before its key is used: RTMR0 the firmware configuration the host supplied (TD HOB, ACPI
+tables), RTMR1 the kernel and EFI boot path, RTMR2 the kernel command line and initrd. MRTD alone
+measures only the TD firmware, so a quote checked on MRTD would accept any kernel."""
 _ALLOWLISTS = ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mrconfigid", "mrowner", "mrownerconfig")
 _KEYS = frozenset(
-    {"allow_debug", "report_data", "accepted_tcb_statuses", "require_collateral", *_ALLOWLISTS}
+    {
+        "allow_debug",
+        "report_data",
+        "accepted_tcb_statuses",
+        "require_collateral",
+        "allow_unpinned_rtmrs",
+        *_ALLOWLISTS,
+    }
 )
 
 
@@ -77,6 +91,7 @@ class TdxPolicy:
     report_data: bytes | None = None
     accepted_tcb_statuses: tuple[TcbStatus, ...] = DEFAULT_ACCEPTED_TCB_STATUSES
     require_collateral: bool = False
+    allow_unpinned_rtmrs: bool = False
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> TdxPolicy:
@@ -91,6 +106,9 @@ class TdxPolicy:
         require_collateral = data.get("require_collateral", False)
         if not isinstance(require_collateral, bool):
             raise ParseError("TDX policy require_collateral must be true or false")
+        allow_unpinned = data.get("allow_unpinned_rtmrs", False)
+        if not isinstance(allow_unpinned, bool):
+            raise ParseError("TDX policy allow_unpinned_rtmrs must be true or false")
         accepted = (
             _statuses(data["accepted_tcb_statuses"])
             if "accepted_tcb_statuses" in data
@@ -114,6 +132,7 @@ class TdxPolicy:
             report_data=report_data,
             accepted_tcb_statuses=accepted,
             require_collateral=require_collateral,
+            allow_unpinned_rtmrs=allow_unpinned,
             **lists,
         )
 

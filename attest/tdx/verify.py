@@ -6,6 +6,12 @@ Checks, in order; the first failure raises :class:`VerificationError` naming it:
                              every certificate valid at ``now``;
 ``tdx-qe-report-signature``  the QE report is signed by the PCK key (ECDSA P-256 / SHA-256);
 ``tdx-qe-report-data``       QE REPORTDATA = SHA-256(attestation key || QE auth data) || 32 zeros;
+``tdx-qe-identity-floor``    the enclave that signed is Intel's TD Quoting Enclave: MRSIGNER is
+                             Intel's (``INTEL_TD_QE_MRSIGNER``, or the simulator's for sim-tdx),
+                             ISVPRODID 2, DEBUG off. The PCK key signs *any* enclave's report on
+                             the platform, so without this a host-built enclave holding the
+                             provisioning key could quote whatever TD it likes; collateral's QE
+                             identity checks the same and more (ISVSVN level), but is optional;
 ``tdx-quote-signature``      header and body are signed by the attestation key;
 then, when collateral is given, the checks of :func:`attest.tdx.collateral.evaluate_collateral`
 (TCB signing chain, document signatures and validity, FMSPC, TDX module and QE identity, TCB
@@ -42,6 +48,9 @@ from attest.tdx.collateral import (
 
 __all__ = [
     "INTEL_ROOT_SUBJECT_CN",
+    "INTEL_TD_QE_MRSIGNER",
+    "SIMULATED_TD_QE_MRSIGNER",
+    "TD_QE_ISV_PROD_ID",
     "TdxCollateral",
     "VerifiedQuote",
     "pinned_intel_roots",
@@ -51,6 +60,14 @@ __all__ = [
 INTEL_ROOT_SUBJECT_CN = "Intel SGX Root CA"
 ROOT_PEM = "intel_sgx_root_ca.pem"
 QE_REPORT_DATA_HASH_SIZE = 32
+INTEL_TD_QE_MRSIGNER = bytes.fromhex(
+    "dc9e2a7c6f948f17474e34a7fc43ed030f7c1563f1babddf6340c82e0e54a8c5"
+)
+"""MRSIGNER of Intel's Quoting Enclaves (Intel PCS QE identity ``TD_QE``; the real vector's)."""
+TD_QE_ISV_PROD_ID = 2
+SIMULATED_TD_QE_MRSIGNER = hashlib.sha256(b"OpenPCC SIMULATED TD QE signer").digest()
+"""The simulated TD QE's MRSIGNER (attest.tdx.sim), expected of sim-tdx quotes instead."""
+_SGX_ATTRIBUTE_DEBUG = 0x02  # ATTRIBUTES.FLAGS bit 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +119,7 @@ def verify_quote(
     collateral: TdxCollateral | None = None,
     collateral_roots: Sequence[x509.Certificate] | None = None,
     accepted_tcb_statuses: Collection[TcbStatus | str] = DEFAULT_ACCEPTED_TCB_STATUSES,
+    qe_mrsigner: bytes = INTEL_TD_QE_MRSIGNER,
 ) -> VerifiedQuote:
     """Run every check in order; the first failure raises :class:`VerificationError` (or
     :class:`PolicyError` ``tdx-tcb-status`` for a genuine but unaccepted TCB status).
@@ -110,7 +128,9 @@ def verify_quote(
     (tests sign collateral with their own root; real collateral chains to Intel's).
     """
     checks: list[tuple[str, str]] = []
-    pck = run_quote_checks(quote, roots=roots, now=now, collateral=None, record=checks)
+    pck = run_quote_checks(
+        quote, roots=roots, now=now, collateral=None, record=checks, qe_mrsigner=qe_mrsigner
+    )
     tcb = None
     if collateral is not None:
         tcb = _run_collateral(
@@ -142,6 +162,7 @@ def run_quote_checks(
     record: list[tuple[str, str]],
     collateral_roots: Sequence[x509.Certificate] | None = None,
     accepted_tcb_statuses: Collection[TcbStatus | str] = DEFAULT_ACCEPTED_TCB_STATUSES,
+    qe_mrsigner: bytes = INTEL_TD_QE_MRSIGNER,
 ) -> x509.Certificate:
     """The checks behind :func:`verify_quote`, appending each pass to ``record``."""
     when = now if now is not None else datetime.now(UTC)
@@ -175,6 +196,23 @@ def run_quote_checks(
             f"SHA-256(attestation key || QE auth data) padded ({expected.hex()})",
         )
     record.append(("tdx-qe-report-data", "binds the attestation key and QE auth data"))
+
+    qe = quote.qe_report
+    problems = []
+    if not hmac.compare_digest(qe.mrsigner, qe_mrsigner):
+        problems.append(f"MRSIGNER {qe.mrsigner.hex()} is not {qe_mrsigner.hex()}")
+    if qe.isv_prod_id != TD_QE_ISV_PROD_ID:
+        problems.append(f"ISVPRODID {qe.isv_prod_id} is not {TD_QE_ISV_PROD_ID} (TD QE)")
+    if qe.attributes[0] & _SGX_ATTRIBUTE_DEBUG:
+        problems.append("the enclave runs with DEBUG on")
+    if problems:
+        raise VerificationError(
+            "tdx-qe-identity-floor",
+            "QE report is not from Intel's TD Quoting Enclave: " + "; ".join(problems),
+        )
+    record.append(
+        ("tdx-qe-identity-floor", f"TD QE (MRSIGNER {qe.mrsigner.hex()[:16]}…, ISVPRODID 2)")
+    )
 
     key = _attestation_key(quote.attestation_key)
     if not _p256_verify(key, quote.signature, quote.signed_bytes):

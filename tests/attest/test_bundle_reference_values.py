@@ -42,6 +42,7 @@ from .nvgpu.fake_rim import FakeRimSigner, rim_pair, unsigned_rim
 from .tdx.fake_collateral import CollateralBuilder, FakeTcbSigner
 
 MRTD = hashlib.sha384(b"openpcc test TDX release (reference values)").digest()
+RTMRS = tuple(hashlib.sha384(b"reference RTMR%d" % i).digest() for i in range(4))
 NONCE = bytes(range(32))
 NOW = datetime.now(UTC).replace(microsecond=0)
 CHECK_NAMES = [name for name, _ in CHECK_ORDER]
@@ -65,12 +66,13 @@ class ReferenceNode:
             "measurement": MRTD.hex(),
             "tee": "tdx",
             "note": "FAKE release manifest for tests",
+            "tdx": {f"rtmr{i}": r.hex() for i, r in enumerate(RTMRS[:3])},
         }
         manifest_bytes = binding.canonical_json(self.manifest)
         self.log = TransparencyLog.open(base / "log")
         self.log.append(manifest_bytes)
         self.builder = BundleBuilder(
-            cpu=SimulatedTdxProvider(base / "tdx", MRTD),
+            cpu=SimulatedTdxProvider(base / "tdx", MRTD, rtmrs=RTMRS),
             gpu=SimulatedGpuProvider(base / "gpu"),
             keys=KeyRing(),
             manifest=self.manifest,

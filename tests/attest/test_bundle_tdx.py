@@ -48,6 +48,9 @@ from server.keys import KeyRing
 
 MRTD = hashlib.sha384(b"openpcc test TDX release").digest()
 OTHER_MRTD = hashlib.sha384(b"some other TD").digest()
+# The TD's runtime registers: RTMR0-2 pinned by the release manifest, RTMR3 left to the TD.
+RTMRS = tuple(hashlib.sha384(b"openpcc test RTMR%d" % i).digest() for i in range(4))
+RTMR_PINS = {f"rtmr{i}": RTMRS[i].hex() for i in range(3)}
 NONCE = bytes(range(32))
 CHECK_NAMES = [name for name, _ in CHECK_ORDER]
 # The signature data starts after the header, the TD 1.0 body and the 4-byte length.
@@ -70,6 +73,7 @@ class TdxNode:
             "measurement": MRTD.hex(),
             "tee": "tdx",
             "note": "FAKE release manifest for tests",
+            "tdx": {"mrtd": MRTD.hex(), **RTMR_PINS},
         }
         manifest_bytes = binding.canonical_json(self.manifest)
         self.log = TransparencyLog.open(base / "log")
@@ -77,7 +81,7 @@ class TdxNode:
             self.log.append(data)
         self.keys = KeyRing()
         self.builder = BundleBuilder(
-            cpu=SimulatedTdxProvider(base / "tdx", MRTD),
+            cpu=SimulatedTdxProvider(base / "tdx", MRTD, rtmrs=RTMRS),
             gpu=SimulatedGpuProvider(base / "gpu"),
             keys=self.keys,
             manifest=self.manifest,
@@ -116,6 +120,7 @@ class TdxNode:
             manifest=bundle["manifest"],
             nonce=nonce,
         )
+        sign_kw.setdefault("rtmrs", RTMRS)
         quote = signer.sign(report_data=rd, mrtd=mrtd, **sign_kw)
         bundle["report"] = base64.b64encode(quote).decode()
         bundle["certs"] = signer.chain_pem().decode()
@@ -214,7 +219,7 @@ def test_good_sim_tdx_bundle_verifies(node: TdxNode, nonce: bytes | None) -> Non
     assert details["report-parse"].startswith("sim-tdx quote v4")
     assert "Intel SGX Root CA" in details["cert-chain"]
     assert "TCB level not evaluated" in details["tcb-consistency"]
-    assert "kernel, initrd and command line not compared" in details["measurement"]
+    assert details["measurement"].endswith("RTMR0, RTMR1, RTMR2 match the manifest")
     assert run.to_dict()["node"]["tee"] == "sim-tdx"  # type: ignore[index]
 
 
@@ -235,18 +240,64 @@ def test_mrtd_allowlist_that_names_the_node_passes(node: TdxNode) -> None:
 
 
 def test_manifest_register_pins_are_compared(node: TdxNode) -> None:
-    rtmrs = [hashlib.sha384(b"rtmr%d" % i).digest() for i in range(4)]
+    run = _verify(node, node.bundle())
+    assert run.ok, run.to_dict()
+    detail = next(c.detail for c in run.checks if c.name == "measurement")
+    assert "RTMR0, RTMR1, RTMR2 match the manifest" in detail
     b = node.bundle()
-    b["manifest"] = {
-        **b["manifest"],
-        "tdx": {"mrtd": MRTD.hex(), **{f"rtmr{i}": r.hex() for i, r in enumerate(rtmrs)}},
-    }
-    b = node.rebind(b, rtmrs=rtmrs)
+    b["manifest"] = {**b["manifest"], "tdx": {**RTMR_PINS, "rtmr3": RTMRS[3].hex()}}
+    b = node.rebind(b)
     skip_log = ClientPolicy(snp=SnpPolicy(), skip=frozenset({"transparency-log"}))
     run = _verify(node, b, policy=skip_log)
     assert run.ok, run.to_dict()
     detail = next(c.detail for c in run.checks if c.name == "measurement")
     assert "RTMR0, RTMR1, RTMR2, RTMR3 match the manifest" in detail
+
+
+def _mrtd_only(node: TdxNode) -> Bundle:
+    b = node.bundle()
+    b["manifest"] = {**b["manifest"], "tdx": {"mrtd": MRTD.hex()}}
+    return node.rebind(b)
+
+
+def test_rtmrs_the_manifest_leaves_out_may_be_bound_by_the_policy(node: TdxNode) -> None:
+    """The client's own allowlist (checked at check 5) binds what the release did not pin."""
+    skip_log = frozenset({"transparency-log"})
+    policy = ClientPolicy(
+        snp=SnpPolicy(),
+        skip=skip_log,
+        tdx=TdxPolicy(rtmr0=(RTMRS[0],), rtmr1=(RTMRS[1],), rtmr2=(RTMRS[2],)),
+    )
+    run = _verify(node, _mrtd_only(node), policy=policy)
+    assert run.ok, run.to_dict()
+    detail = next(c.detail for c in run.checks if c.name == "measurement")
+    assert "RTMR0, RTMR1, RTMR2 in the policy's allowlist" in detail
+    # Two of three is not enough.
+    partial = ClientPolicy(
+        snp=SnpPolicy(), skip=skip_log, tdx=TdxPolicy(rtmr0=(RTMRS[0],), rtmr1=(RTMRS[1],))
+    )
+    run = _verify(node, _mrtd_only(node), policy=partial)
+    _assert_failed_at(run, "measurement")
+    assert "RTMR2 pinned neither" in str(run.error)
+
+
+def test_unpinned_rtmrs_pass_only_where_the_policy_names_it(node: TdxNode) -> None:
+    skip_log = frozenset({"transparency-log"})
+    run = _verify(node, _mrtd_only(node), policy=ClientPolicy(snp=SnpPolicy(), skip=skip_log))
+    _assert_failed_at(run, "measurement")
+    assert run.error is not None and "allow_unpinned_rtmrs" in run.error.hint
+    assert "openpcc-appliance tdx-reference" in run.error.hint
+    lax = ClientPolicy(snp=SnpPolicy(), skip=skip_log, tdx=TdxPolicy(allow_unpinned_rtmrs=True))
+    run = _verify(node, _mrtd_only(node), policy=lax)
+    assert run.ok, run.to_dict()
+    detail = next(c.detail for c in run.checks if c.name == "measurement")
+    assert "RTMR0, RTMR1, RTMR2 NOT bound (policy allow_unpinned_rtmrs)" in detail
+
+
+def test_allow_unpinned_rtmrs_must_be_a_boolean() -> None:
+    with pytest.raises(ParseError, match="allow_unpinned_rtmrs must be true or false"):
+        TdxPolicy.from_mapping({"allow_unpinned_rtmrs": "yes"})
+    assert TdxPolicy.from_mapping({"allow_unpinned_rtmrs": True}).allow_unpinned_rtmrs
 
 
 # -- one mutation per row -----------------------------------------------------------------------
@@ -292,7 +343,20 @@ def _other_mrtd(node: TdxNode, b: Bundle) -> Bundle:
 
 
 def _rtmr_pin_missed(node: TdxNode, b: Bundle) -> Bundle:
-    b["manifest"] = {**b["manifest"], "tdx": {"rtmr1": hashlib.sha384(b"kernel").digest().hex()}}
+    pins = {**RTMR_PINS, "rtmr1": hashlib.sha384(b"another kernel").digest().hex()}
+    b["manifest"] = {**b["manifest"], "tdx": pins}
+    return node.rebind(b)
+
+
+def _rtmr_unpinned(node: TdxNode, b: Bundle) -> Bundle:
+    # A release that pins MRTD only: the kernel, initrd and command line are not bound.
+    b["manifest"] = {**b["manifest"], "tdx": {"mrtd": MRTD.hex()}}
+    return node.rebind(b)
+
+
+def _rtmr2_unpinned(node: TdxNode, b: Bundle) -> Bundle:
+    pins = {k: v for k, v in RTMR_PINS.items() if k != "rtmr2"}
+    b["manifest"] = {**b["manifest"], "tdx": pins}
     return node.rebind(b)
 
 
@@ -363,6 +427,22 @@ ROWS = [
     ),
     Row("mrtd-not-manifest", "measurement", _other_mrtd, VerificationError, "quote MRTD"),
     Row("rtmr-pin", "measurement", _rtmr_pin_missed, VerificationError, "RTMR1"),
+    Row(
+        "rtmr-unpinned",
+        "measurement",
+        _rtmr_unpinned,
+        VerificationError,
+        "RTMR0, RTMR1, RTMR2 pinned neither by the manifest",
+    ),
+    Row("rtmr2-unpinned", "measurement", _rtmr2_unpinned, VerificationError, "RTMR2 pinned"),
+    Row(
+        "rtmr-allowlist-other",
+        "policy",
+        lambda node, b: b,
+        PolicyError,
+        "rtmr1: quote",
+        ClientPolicy(snp=SnpPolicy(), tdx=TdxPolicy(rtmr1=(OTHER_MRTD,))),
+    ),
     Row("tdx-key", "measurement", _unknown_manifest_register, VerificationError, "tdx.rtmr9"),
     Row("log", "transparency-log", _log_proof_wrong, VerificationError, "yields root"),
     Row("report-data", "report-data", _report_data_altered, VerificationError, "REPORTDATA"),

@@ -135,5 +135,44 @@ def test_tdx_needs_pinned_mrtd(make_recipe_text: object) -> None:
         expected_measurement(parse_recipe(text, base_dir=Path("/x")))
     pinned = parse_recipe(text + '\n[tdx]\nmrtd = "' + "ab" * 48 + '"\n', base_dir=Path("/x"))
     assert expected_measurement(pinned) == bytes.fromhex("ab" * 48)
-    notes = tdx_expectations(pinned).notes
-    assert any("RTMR[2]" in n for n in notes)
+    expect = tdx_expectations(pinned)
+    assert expect.unbound == ("rtmr0", "rtmr1", "rtmr2")
+    rtmr2 = next(n for n in expect.notes if n.startswith("RTMR2: kernel command line"))
+    assert "NOT pinned" in rtmr2
+    # The manifest carries only what the recipe pins.
+    assert build_manifest(pinned, expect.mrtd)["tdx"] == {"mrtd": "ab" * 48}
+
+
+def _tdx_table(*lines: str) -> str:
+    return "\n[tdx]\n" + "".join(line + "\n" for line in (f'mrtd = "{"ab" * 48}"', *lines))
+
+
+def test_tdx_rtmrs_from_a_reference_boot_reach_the_manifest(make_recipe_text: object) -> None:
+    text = make_recipe_text("tdx")  # type: ignore[operator]
+    table = _tdx_table(*(f'rtmr{i} = "{f"{i}c" * 48}"' for i in range(3)))
+    recipe = parse_recipe(text + table, base_dir=Path("/x"))
+    expect = tdx_expectations(recipe)
+    assert expect.unbound == ()
+    assert [name for name, _ in expect.rtmrs] == ["rtmr0", "rtmr1", "rtmr2"]
+    assert any(n.startswith("RTMR1:") and "pinned from a reference boot" in n for n in expect.notes)
+    manifest = build_manifest(recipe, expected_measurement(recipe))
+    assert manifest["tdx"] == {
+        "mrtd": "ab" * 48,
+        "rtmr0": "0c" * 48,
+        "rtmr1": "1c" * 48,
+        "rtmr2": "2c" * 48,
+    }
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ('rtmr1 = "' + "ab" * 47 + '"', "must be 48 bytes, got 47"),
+        ('rtmr2 = "XY"', "must be lower-case hex"),
+        ('rtmr4 = "' + "ab" * 48 + '"', "rtmr4"),
+    ],
+)
+def test_tdx_rtmr_pins_are_checked(make_recipe_text: object, line: str, says: str) -> None:
+    text = make_recipe_text("tdx")  # type: ignore[operator]
+    with pytest.raises(ParseError, match=says):
+        parse_recipe(text + _tdx_table(line), base_dir=Path("/x"))

@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from attest import binding
-from attest.errors import OpenPCCError, ParseError, TransportError
+from attest.errors import OpenPCCError, ParseError, TransportError, VerificationError
 from attest.nvgpu import SimulatedGpu
 from attest.tdx import parse_quote
 from attest.tdx.sim import SimulatedTdxSigner
@@ -30,6 +30,7 @@ from server.attestation import (
     SimulatedSnpProvider,
     SimulatedTdxProvider,
     cpu_provider,
+    simulated_td_registers,
 )
 from server.config import load_config
 from server.engines import EngineSupervisor
@@ -71,8 +72,17 @@ def sim_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base
 
 
-def _gateway_config(tmp: Path, sim_dir: Path, attestation: str) -> Path:
-    manifest = {"measurement": MRTD.hex(), "note": "FAKE release manifest for tests"}
+RTMR_PINS = {f"rtmr{i}": hashlib.sha384(b"gateway RTMR%d" % i).hexdigest() for i in range(3)}
+
+
+def _gateway_config(
+    tmp: Path, sim_dir: Path, attestation: str, pins: dict[str, str] | None = None
+) -> Path:
+    manifest: dict[str, object] = {
+        "measurement": MRTD.hex(),
+        "note": "FAKE release manifest for tests",
+        "tdx": RTMR_PINS if pins is None else pins,
+    }
     (tmp / "manifest.json").write_text(json.dumps(manifest))
     log = TransparencyLog.open(tmp / "log")
     log.append(binding.canonical_json(manifest))
@@ -89,12 +99,16 @@ def _gateway_config(tmp: Path, sim_dir: Path, attestation: str) -> Path:
     return cfg
 
 
+@pytest.mark.parametrize("pinned", [True, False], ids=["rtmrs-pinned", "mrtd-only"])
 def test_simulated_tdx_gateway_serves_a_bundle_the_client_verifies(
-    tmp_path: Path, sim_dir: Path
+    tmp_path: Path, sim_dir: Path, pinned: bool
 ) -> None:
-    cfg = load_config(_gateway_config(tmp_path, sim_dir, "simulated-tdx"))
+    """The simulated TD reports the registers its release pins; a release pinning none is
+    refused by the client exactly as a real one would be."""
+    pins = None if pinned else {}
+    cfg = load_config(_gateway_config(tmp_path, sim_dir, "simulated-tdx", pins))
     manifest = json.loads(cfg.manifest.read_text())
-    cpu = cpu_provider(cfg.attestation, sim_dir=cfg.sim_dir, measurement=MRTD)
+    cpu = cpu_provider(cfg.attestation, sim_dir=cfg.sim_dir, measurement=MRTD, manifest=manifest)
     assert isinstance(cpu, SimulatedTdxProvider) and cpu.tee == "sim-tdx"
     log = TransparencyLog.open(cfg.log_dir)
     data = binding.canonical_json(manifest)
@@ -137,10 +151,23 @@ def test_simulated_tdx_gateway_serves_a_bundle_the_client_verifies(
             run = await session.verify()
             return run, await session.node()
 
+    if not pinned:
+        with pytest.raises(VerificationError, match="RTMR0, RTMR1, RTMR2 pinned neither"):
+            asyncio.run(verify())
+        return
     run, node = asyncio.run(verify())
     assert run.ok, run.to_dict()  # type: ignore[attr-defined]
     assert node.tee == "sim-tdx" and node.simulated and node.measurement == MRTD  # type: ignore[attr-defined]
     assert node.key_config.key_id == keys.current_config.key_id  # type: ignore[attr-defined]
+
+
+def test_simulated_td_registers_come_from_the_manifest() -> None:
+    regs = simulated_td_registers({"tdx": {"rtmr1": "ab" * 48}})
+    assert regs == (bytes(48), bytes.fromhex("ab" * 48), bytes(48), bytes(48))
+    assert simulated_td_registers({}) == (bytes(48),) * 4
+    for bad in ({"tdx": {"rtmr2": "ab"}}, {"tdx": {"rtmr0": "zz" * 48}}, {"tdx": []}):
+        with pytest.raises(OpenPCCError, match="tdx"):
+            simulated_td_registers(bad)
 
 
 def test_configfs_tdx_provider_returns_the_quote_and_its_chain(

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import hashes
@@ -28,8 +29,13 @@ from attest.tdx.abi import (
     BODY_RTMR0,
     BODY_TD_ATTRIBUTES,
     HEADER_SIZE,
+    QE_ATTRIBUTES,
+    QE_ISVPRODID,
+    QE_MRSIGNER,
     TD10_BODY_SIZE,
 )
+from attest.tdx.sim import SimulatedTdxSigner
+from attest.tdx.verify import INTEL_TD_QE_MRSIGNER, SIMULATED_TD_QE_MRSIGNER, TD_QE_ISV_PROD_ID
 
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
 INTEL_ROOT_SHA256 = "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3"
@@ -75,9 +81,13 @@ def test_real_quote_verifies(quote: Quote) -> None:
         "tdx-pck-chain",
         "tdx-qe-report-signature",
         "tdx-qe-report-data",
+        "tdx-qe-identity-floor",
         "tdx-quote-signature",
     ]
     assert verified.pck_certificate == quote.pck_chain[0]
+    # Intel's TD Quoting Enclave signed it: the constant the floor checks is this QE's.
+    assert quote.qe_report.mrsigner == INTEL_TD_QE_MRSIGNER
+    assert quote.qe_report.isv_prod_id == TD_QE_ISV_PROD_ID
 
 
 def _flip(raw: bytes, offset: int) -> Quote:
@@ -267,3 +277,62 @@ def test_fuzz_mutated_real_quote(vectors: Path, data: st.DataObject) -> None:
         raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
     with contextlib.suppress(ParseError):
         parse_quote(bytes(raw[: data.draw(st.integers(0, len(raw)))]))
+
+
+# -- the QE identity floor: the PCK key signs any enclave's report, so who signed matters ---------
+
+
+def _sim_quote(
+    tmp: Path,
+    *,
+    mrsigner: bytes | None = None,
+    isv_prod_id: int | None = None,
+    debug: bool = False,
+) -> tuple[SimulatedTdxSigner, Quote]:
+    """A simulated quote whose QE report (which the PCK key then signs) has fields changed."""
+    signer = SimulatedTdxSigner.generate(tmp)
+    genuine = signer.qe_report
+
+    def qe_report() -> bytes:
+        buf = bytearray(genuine())
+        if mrsigner is not None:
+            buf[QE_MRSIGNER : QE_MRSIGNER + 32] = mrsigner
+        if isv_prod_id is not None:
+            buf[QE_ISVPRODID : QE_ISVPRODID + 2] = isv_prod_id.to_bytes(2, "little")
+        if debug:
+            buf[QE_ATTRIBUTES] |= 0x02
+        return bytes(buf)
+
+    signer.qe_report = qe_report  # type: ignore[method-assign]
+    quote = parse_quote(signer.sign(report_data=bytes(64), mrtd=bytes(48)))
+    return signer, quote
+
+
+def test_simulated_qe_passes_only_with_the_simulators_mrsigner(tmp_path: Path) -> None:
+    signer, quote = _sim_quote(tmp_path)
+    roots = [signer.root_certificate()]
+    verified = verify_quote(quote, roots=roots, qe_mrsigner=SIMULATED_TD_QE_MRSIGNER)
+    assert "tdx-qe-identity-floor" in dict(verified.checks)
+    # Against Intel's QE identity, the simulator's enclave is any other enclave.
+    with pytest.raises(VerificationError, match="MRSIGNER") as err:
+        verify_quote(quote, roots=roots)
+    assert err.value.check == "tdx-qe-identity-floor"
+
+
+QE_FLOOR_ROWS: list[tuple[str, dict[str, object], str]] = [
+    ("other-signer", {"mrsigner": bytes(32)}, "MRSIGNER 0000"),
+    ("intel-signer-on-the-simulated-path", {"mrsigner": INTEL_TD_QE_MRSIGNER}, "is not"),
+    ("sgx-qe-prodid", {"isv_prod_id": 1}, "ISVPRODID 1 is not 2"),
+    ("debug-enclave", {"debug": True}, "DEBUG on"),
+]
+
+
+@pytest.mark.parametrize(
+    ("fields", "says"), [r[1:] for r in QE_FLOOR_ROWS], ids=[r[0] for r in QE_FLOOR_ROWS]
+)
+def test_qe_identity_floor_rows(tmp_path: Path, fields: dict[str, Any], says: str) -> None:
+    signer, quote = _sim_quote(tmp_path, **fields)
+    expected = SIMULATED_TD_QE_MRSIGNER
+    with pytest.raises(VerificationError, match=says) as err:
+        verify_quote(quote, roots=[signer.root_certificate()], qe_mrsigner=expected)
+    assert err.value.check == "tdx-qe-identity-floor"
