@@ -62,11 +62,12 @@ import base64
 import binascii
 import hmac
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Literal, Protocol
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from attest import binding, tlog
 from attest.errors import OpenPCCError, ParseError, PolicyError, VerificationError
@@ -132,6 +133,9 @@ _SNP_CHECK_NAMES = {
 }
 
 # verify_quote's checks, in the order it runs them, and the contract check each one belongs to.
+SNP_VMPL_FLOOR = (0,)
+"""VMPLs a SEV-SNP report may come from when the policy names none: the appliance's guest runs
+at VMPL 0 (no SVSM); a report from a less privileged level is someone else's view of the VM."""
 _TDX_QUOTE_CHECKS = (
     "tdx-pck-chain",
     "tdx-qe-report-signature",
@@ -210,6 +214,13 @@ class ClientPolicy:
             raise ParseError(
                 f"policy: check(s) {sorted(unknown)} cannot be skipped "
                 f"(only {sorted(SKIPPABLE_CHECKS)} can)"
+            )
+        if self.snp.allow_debug or self.snp.allow_migrate_ma:
+            raise ParseError(
+                "policy: an SEV-SNP policy may not allow debug or a migration agent: either "
+                "opens the guest to the host",
+                hint="remove allow_debug / allow_migrate_ma from the [snp] policy "
+                "(`openpcc verify-report` still takes them for offline inspection)",
             )
         if self.tdx is not None and self.tdx.allow_debug:
             raise ParseError(
@@ -557,12 +568,26 @@ def _snp_checks(
     r.passed("cert-chain", f"{verified.product}: " + detail.get("chain", "verified"))
     r.passed("tcb-consistency", detail.get("tcb", "certificate TCB equals REPORTED_TCB"))
 
-    # 5. policy
+    # 5. policy: the floor (DEBUG and MIGRATE_MA off, VMPL 0 unless the policy names VMPLs) and
+    # whatever else the policy asks; what it does not ask is named in the detail as not checked
+    rules = (
+        policy.snp if policy.snp.vmpls is not None else replace(policy.snp, vmpls=SNP_VMPL_FLOOR)
+    )
     try:
-        passed = validate_report(report, policy.snp, product=verified.product)
+        passed = validate_report(report, rules, product=verified.product)
     except PolicyError as e:
         raise r.fail("policy", PolicyError(e.violations, check="policy", hint=e.hint)) from e
-    r.passed("policy", "; ".join(d for _, d in passed) or "floor: debug and migration off")
+    unchecked = [
+        label
+        for name, label in (("min_tcb", "minimum TCB"), ("min_abi", "minimum firmware ABI"))
+        if getattr(rules, name) is None
+    ]
+    detail = "; ".join(d for _, d in passed)
+    if unchecked:
+        detail += f"; not checked (no [snp] {' or '.join(unchecked)} in the policy): " + ", ".join(
+            unchecked
+        )
+    r.passed("policy", detail)
     return _CpuEvidence(
         measurement=report.measurement,
         report_data=report.report_data,
@@ -907,6 +932,7 @@ def _check_gpus(
 ) -> list[Mapping[str, object]]:
     want_nonce = binding.gpu_nonce(nonce)
     out: list[Mapping[str, object]] = []
+    seen: set[bytes] = set()
     for i, g in enumerate(b.gpus):
         vendor = g.get("vendor")
         if vendor == "nvidia":
@@ -930,6 +956,15 @@ def _check_gpus(
             roots=list(roots),
             now=now,
         )
+        if vendor == "nvidia":
+            # Each physical GPU has its own device certificate: the same one twice is one GPU
+            # counted twice (simulated GPUs share one generated identity, so only real ones).
+            leaf = load_gpu_chain(chain_pem.encode())[0].fingerprint(hashes.SHA256())
+            if leaf in seen:
+                raise VerificationError(
+                    "gpu", f"GPU {i}: the same device certificate as an earlier GPU in the list"
+                )
+            seen.add(leaf)
         if report.cc_enabled is not True:
             raise VerificationError("gpu", f"GPU {i}: confidential-computing mode is not on")
         info: dict[str, object] = {

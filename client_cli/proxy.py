@@ -2,6 +2,10 @@
 
 Each request is verified-then-encrypted through one :class:`Session`; the node is verified before
 the proxy starts listening, and again whenever the session decides to (rotation, failure, age).
+
+What it holds in memory is bounded: a request body (``MAX_REQUEST``, 4 MiB) is counted as it
+arrives and refused with 413 once over; a non-streamed answer (``MAX_ANSWER_BYTES``, 16 MiB) is
+refused with 502 once over. Streamed answers pass through piece by piece.
 """
 
 from __future__ import annotations
@@ -19,11 +23,15 @@ from starlette.routing import Route
 
 from attest.errors import OpenPCCError
 from client_cli.render import SIMULATED_BANNER, status_line
-from client_cli.session import Session
+from client_cli.session import MAX_ANSWER_BYTES, Session
 
-__all__ = ["create_proxy_app", "run_proxy"]
+__all__ = ["MAX_REQUEST", "create_proxy_app", "run_proxy"]
 
 MAX_REQUEST = 4 * 1024 * 1024
+
+
+class _TooLargeError(Exception):
+    pass
 
 
 def _error(status: int, message: str, kind: str = "openpcc_error") -> JSONResponse:
@@ -42,14 +50,34 @@ def _node_header(session: Session) -> str:
     return f"{n.tee}; measurement={n.measurement.hex()[:16]}; {what}"
 
 
-def create_proxy_app(session: Session) -> Starlette:
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, counted as it arrives: one over ``limit`` is never held whole."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _TooLargeError
+    buf = bytearray()
+    async for piece in request.stream():
+        buf += piece
+        if len(buf) > limit:
+            raise _TooLargeError
+    return bytes(buf)
+
+
+def create_proxy_app(
+    session: Session, *, max_request: int = MAX_REQUEST, max_answer: int = MAX_ANSWER_BYTES
+) -> Starlette:
+    """The proxy's ASGI app; the limits are parameters so tests can make them small."""
+
     async def forward(request: Request) -> Response:
         path = request.url.path
         payload: dict[str, object] | None = None
         if request.method == "POST":
-            raw = await request.body()
-            if len(raw) > MAX_REQUEST:
-                return _error(413, "request too large")
+            try:
+                raw = await _read_body(request, max_request)
+            except _TooLargeError:
+                return _error(
+                    413, f"request body exceeds {max_request} bytes", "invalid_request_error"
+                )
             try:
                 body = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError):
@@ -86,6 +114,8 @@ def create_proxy_app(session: Session) -> Starlette:
         try:
             async for ev in events:
                 data += ev.data
+                if len(data) > max_answer:
+                    return _error(502, f"the node's answer exceeds {max_answer} bytes")
         except OpenPCCError as e:
             return _error(502, f"answer failed: {e}")
         finally:

@@ -1,9 +1,13 @@
 """``openpcc relay``: an Oblivious HTTP relay (RFC 9458 section 6.5) in front of a gateway.
 
 It forwards encapsulated requests byte for byte, with no header from the client but the media
-type, so the gateway learns nothing about who sent them; the relay sees who, never what. Public
-GET endpoints (bundle, key configs, log) are forwarded the same way so a client can use the
-relay for everything. Chunked responses stream through without buffering.
+type and no query string, so the gateway learns nothing about who sent them; the relay sees who,
+never what. Public GET endpoints (bundle, key configs, log) are forwarded the same way, with
+their query (a nonce, a proof's sizes) and no header at all from the client, so a client can use
+the relay for everything. What the relay itself sends upstream is the same for every client:
+``host``, the media type and length on a POST, ``accept-encoding: identity`` on a GET (its
+answer is passed through as raw bytes, without a content coding). Chunked responses stream
+through without buffering.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ OHTTP_MEDIA_TYPES = ("message/ohttp-req", "message/ohttp-chunked-req")
 PUBLIC_GETS = ("/v1/attestation", "/v1/ohttp-keys", "/v1/log/checkpoint", "/v1/log/consistency")
 MAX_BODY = 4 * 1024 * 1024
 _PASS_BACK = ("content-type", "cache-control", "retry-after")
+# httpx adds accept, accept-encoding, connection and user-agent to every request unless told
+# otherwise: none is needed, and a user-agent would name this software to the gateway.
+_HTTPX_DEFAULTS = ("accept", "connection", "user-agent")
 
 
 class _TooLargeError(Exception):
@@ -51,11 +58,10 @@ def create_relay_app(gateway: str, *, transport: httpx.AsyncBaseTransport | None
         upstream = EngineHttp.for_url(f"{scheme}://{origin}", connect_timeout=10.0)
     except ValueError as e:
         raise ParseError(f"--gateway: {e}", hint="e.g. --gateway http://127.0.0.1:8480") from None
-    client = httpx.AsyncClient(
-        timeout=httpx.Timeout(600.0, connect=10.0),
-        transport=transport,
-        headers={"user-agent": "openpcc-relay"},
-    )
+    client = httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=10.0), transport=transport)
+    for name in _HTTPX_DEFAULTS:
+        del client.headers[name]
+    client.headers["accept-encoding"] = "identity"
 
     async def get_public(request: Request) -> Response:
         url = gateway + request.url.path
@@ -113,11 +119,10 @@ def create_relay_app(gateway: str, *, transport: httpx.AsyncBaseTransport | None
         headers = [(b"content-type", ctype)]
         if declared.isdigit():
             headers.append((b"content-length", declared))
-        path = prefix + scope["path"]
-        if scope["query_string"]:
-            path += "?" + scope["query_string"].decode("latin-1")
+        # No query string either: the gateway needs none, and it could carry whatever a client
+        # (or a tracker in its URL) put there.
         try:
-            resp = await upstream.request("POST", path, body(), headers=headers)
+            resp = await upstream.request("POST", prefix + "/v1/ohttp", body(), headers=headers)
         except _TooLargeError:
             await _plain(send, 413, "too large")
             return

@@ -13,7 +13,14 @@ import json
 import secrets
 import time
 import urllib.request
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Mapping,
+)
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -40,7 +47,9 @@ from server.ohttp import (
 )
 
 __all__ = [
+    "MAX_ANSWER_BYTES",
     "MAX_BUNDLE_BYTES",
+    "MAX_PROOF_BYTES",
     "MAX_SSE_LINE",
     "Session",
     "SpareSealers",
@@ -48,12 +57,17 @@ __all__ = [
     "StreamEvent",
     "delta_text",
     "event_error",
+    "get_bounded",
     "inner_error",
     "seal_request",
 ]
 
 MAX_BUNDLE_BYTES = 2 * 1024 * 1024
 MAX_SSE_LINE = 1024 * 1024
+# A consistency proof is at most about 2 * log2(tree size) hashes: a few KiB for any real log.
+MAX_PROOF_BYTES = 64 * 1024
+# A whole (non-streamed) inner answer, as request_json and the proxy buffer it.
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
 REVERIFY_AFTER_S = 600.0
 CHUNKED_REQ = "message/ohttp-chunked-req"
 
@@ -231,15 +245,7 @@ class Session:
 
     async def _get_bounded(self, path: str, params: Mapping[str, str] | None, limit: int) -> bytes:
         try:
-            async with self._http.stream("GET", self.url + path, params=params) as r:
-                if r.status_code != 200:
-                    raise TransportError(f"GET {path}: HTTP {r.status_code}")
-                buf = bytearray()
-                async for piece in r.aiter_bytes():
-                    buf += piece
-                    if len(buf) > limit:
-                        raise TransportError(f"GET {path}: response exceeds {limit} bytes")
-                return bytes(buf)
+            return (await get_bounded(self._http, self.url + path, limit, params=params))[1]
         except httpx.HTTPError as e:
             raise TransportError(
                 f"cannot reach {self.url}: {type(e).__name__}",
@@ -248,7 +254,7 @@ class Session:
 
     async def _consistency_proof(self, old: int, new: int) -> list[bytes]:
         raw = await self._get_bounded(
-            "/v1/log/consistency", {"from": str(old), "to": str(new)}, 64 * 1024
+            "/v1/log/consistency", {"from": str(old), "to": str(new)}, MAX_PROOF_BYTES
         )
         try:
             proof = json.loads(raw)["proof"]
@@ -446,7 +452,7 @@ class Session:
                 status = ev.head.status
             else:
                 body += ev.data
-                if len(body) > MAX_BUNDLE_BYTES * 8:
+                if len(body) > MAX_ANSWER_BYTES:
                     raise TransportError("the answer exceeds 16 MiB")
         try:
             data = json.loads(body)
@@ -455,6 +461,37 @@ class Session:
         if not isinstance(data, dict):
             raise ParseError("the node's answer is not a JSON object")
         return status, data
+
+
+async def get_bounded(
+    http: httpx.AsyncClient,
+    url: str,
+    limit: int,
+    *,
+    params: Mapping[str, str] | None = None,
+    statuses: Collection[int] = (200,),
+) -> tuple[int, bytes]:
+    """GET ``url``: its status and body, the body refused once it exceeds ``limit`` bytes.
+
+    A status not in ``statuses`` is a :class:`TransportError` and its body is not read. No
+    content coding is asked for, and one sent anyway is refused: the limit then counts the bytes
+    actually buffered, where a compressed body could grow a thousandfold within one network read.
+    ``httpx.HTTPError`` (cannot connect, timed out) is left to the caller.
+    """
+    async with http.stream("GET", url, params=params, headers={"accept-encoding": "identity"}) as r:
+        path = r.request.url.path
+        if r.status_code not in statuses:
+            raise TransportError(f"GET {path}: HTTP {r.status_code}")
+        coding = r.headers.get("content-encoding", "identity").strip().lower()
+        if coding not in ("", "identity"):
+            raise TransportError(f"GET {path}: unrequested content-encoding {coding!r}")
+        buf = bytearray()
+        # With no content coding, these pieces are the bytes as they came off the wire.
+        async for piece in r.aiter_bytes():
+            buf += piece
+            if len(buf) > limit:
+                raise TransportError(f"GET {path}: response exceeds {limit} bytes")
+        return r.status_code, bytes(buf)
 
 
 _OHTTP_HEADERS = (

@@ -8,6 +8,7 @@ Layout (``$OPENPCC_CONFIG_DIR``, else ``$XDG_CONFIG_HOME/openpcc``, else ``~/.co
                           root sim-sev-snp reports and sim-nvidia GPU evidence
     policy.toml           optional policy (strict: unknown keys, an empty file are errors)
     checkpoints/*.txt     the last checkpoint accepted per log origin (refuses rollbacks, forks)
+    checkpoints/.lock     held while a checkpoint is saved (several client processes may run)
 
 The pinned AMD, Intel and NVIDIA roots come from the package, never from this directory or the
 network.
@@ -28,10 +29,14 @@ evaluated against each quote, its signing chain to the roots that anchor the quo
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
+import hmac
 import os
+import tempfile
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,7 +166,17 @@ def is_tdx_root(cert: x509.Certificate) -> bool:
 
 
 class FileCheckpointStore:
-    """The last accepted checkpoint per origin; a stored note is re-verified when read."""
+    """The last accepted checkpoint per origin; a stored note is re-verified when read.
+
+    Several processes may share the directory (``openpcc proxy`` and ``openpcc chat`` at once).
+    A save is made under an exclusive lock on ``.lock`` in the directory: it re-reads what is
+    stored and never replaces a larger tree with a smaller one, and writes a unique temporary
+    file, fsynced, then renamed over the old one (the directory fsynced too). A reader therefore
+    sees the old note or the new one, whole, never a torn file, and a stored size never goes
+    backwards. Reads take no lock.
+    """
+
+    LOCK_NAME = ".lock"
 
     def __init__(self, directory: Path, keys: list[tlog.VerifierKey]) -> None:
         self._dir = directory
@@ -184,7 +199,58 @@ class FileCheckpointStore:
             ) from e
 
     def save(self, checkpoint: tlog.Checkpoint) -> None:
-        _write_private(self._path(checkpoint.origin), checkpoint.note)
+        """Store ``checkpoint`` unless a larger tree of its log is stored already.
+
+        The verifier calls this after proving ``checkpoint`` consistent with what :meth:`last`
+        returned to it; another process may have stored a checkpoint since. A larger tree stored
+        since is kept (its writer proved it consistent, and the next verification is checked
+        against it); the same size with another root is a fork, refused. A smaller one stored
+        since is replaced: both extend the tree read before, though no proof links them here.
+        """
+        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with self._locked():
+            stored = self.last(checkpoint.origin)
+            if stored is not None:
+                if stored.size > checkpoint.size:
+                    return
+                if stored.size == checkpoint.size:
+                    if hmac.compare_digest(stored.root_hash, checkpoint.root_hash):
+                        return
+                    raise VerificationError(
+                        "transparency-log",
+                        f"log forked: a different root for size {checkpoint.size} than the one "
+                        "another client process stored (possible attack)",
+                    )
+            _replace_durably(self._path(checkpoint.origin), checkpoint.note)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        fd = os.open(self._dir / self.LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+
+def _replace_durably(path: Path, data: str) -> None:
+    """Write ``path`` whole or not at all: a unique temporary file, fsynced, renamed over it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 _POLICY_SECTIONS = {"snp", "tdx", "gpu", "skip"}

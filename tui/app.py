@@ -28,9 +28,9 @@ from textual.widgets import Footer, Static
 
 from attest import tlog
 from attest.bundle import ClientPolicy
-from attest.errors import OpenPCCError, ParseError, VerificationError
+from attest.errors import OpenPCCError, ParseError, TransportError, VerificationError
 from client_cli.render import SIMULATED_BANNER
-from client_cli.session import Session
+from client_cli.session import MAX_PROOF_BYTES, Session, get_bounded
 from client_cli.trust import TrustStore, load_policy
 from tui.host import HostSampler
 from tui.panels import Panel, render_title
@@ -49,7 +49,10 @@ POLL_S = 1.0
 VERIFY_EVERY_S = 60.0
 LOG_EVERY_POLLS = 10
 HTTP_TIMEOUT_S = 5.0
-MAX_TEXT = 1024 * 1024
+# What one poll may read, each counted as it arrives (a consistency proof: MAX_PROOF_BYTES).
+MAX_HEALTHZ = 64 * 1024
+MAX_METRICS = 1024 * 1024
+MAX_CHECKPOINT = 64 * 1024
 
 
 class _RecordingSession(Session):
@@ -293,17 +296,16 @@ class DashboardApp(App[None]):
         now = self.clock()
         st = self.state
         try:
-            r = await http.get(self.url + "/healthz")
-            if r.status_code not in (200, 503):
-                raise ParseError(f"/healthz answered HTTP {r.status_code}")
-            health = Health.from_json(r.json())
-            m = await http.get(self.url + "/metrics")
-            if m.status_code != 200 or len(m.content) > MAX_TEXT:
-                raise ParseError(f"/metrics answered HTTP {m.status_code}")
-            sample = MetricsSample.parse(m.text, now)
+            # 503: the gateway is up but not ready, and says why.
+            _, raw = await get_bounded(
+                http, self.url + "/healthz", MAX_HEALTHZ, statuses=(200, 503)
+            )
+            health = Health.from_json(json.loads(raw))
+            _, text = await get_bounded(http, self.url + "/metrics", MAX_METRICS)
+            sample = MetricsSample.parse(text.decode(errors="replace"), now)
         except httpx.HTTPError as e:
             st.connection.lost(type(e).__name__, now)
-        except (ParseError, ValueError) as e:
+        except (ParseError, TransportError, ValueError) as e:
             st.connection.lost(str(e)[:60], now)
         else:
             regained = st.connection.ok(now)
@@ -330,21 +332,21 @@ class DashboardApp(App[None]):
             if not keys:
                 st.log = LogWatch(detail="no log key trusted: `openpcc trust --log-key`")
                 return
-            r = await http.get(self.url + "/v1/log/checkpoint")
-            if r.status_code != 200 or len(r.content) > MAX_TEXT:
-                raise ParseError(f"/v1/log/checkpoint answered HTTP {r.status_code}")
-            cp = tlog.open_checkpoint(r.text, keys)
+            _, note = await get_bounded(http, self.url + "/v1/log/checkpoint", MAX_CHECKPOINT)
+            cp = tlog.open_checkpoint(note.decode(errors="replace"), keys)
             prev = self._last_cp or store.checkpoints().last(cp.origin)
             proof: list[bytes] | None = None
             if prev is not None and cp.size > prev.size:
-                p = await http.get(
+                _, raw = await get_bounded(
+                    http,
                     self.url + "/v1/log/consistency",
+                    MAX_PROOF_BYTES,
                     params={"from": str(prev.size), "to": str(cp.size)},
                 )
-                proof = [bytes.fromhex(h) for h in p.json()["proof"]]
+                proof = [bytes.fromhex(h) for h in json.loads(raw)["proof"]]
         except httpx.HTTPError:
             return  # the poll shows the loss
-        except (VerificationError, ParseError) as e:
+        except (VerificationError, ParseError, TransportError) as e:
             st.log = replace(st.log, consistent=False, detail=f"checkpoint refused: {e}")
             return
         except (ValueError, KeyError, TypeError) as e:

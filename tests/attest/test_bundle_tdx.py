@@ -567,3 +567,23 @@ def test_real_quote_presented_as_simulated_is_refused(node: TdxNode, real_quote:
     b["tee"] = "sim-tdx"
     run = _verify(node, b, now=REAL_QUOTE_NOW)
     _assert_failed_at(run, "cert-chain")
+
+
+# -- one physical GPU counts once ------------------------------------------------------------------
+
+
+def _as_real_gpu(node: TdxNode, entry: dict[str, str]) -> dict[str, str]:
+    # Evidence from the simulated GPU, presented as NVIDIA's and trusted as such below: what a
+    # gateway listing one real GPU twice would send.
+    return {**entry, "vendor": "nvidia"}
+
+
+def test_the_same_real_gpu_listed_twice_counts_once(node: TdxNode) -> None:
+    trust = node.anchors(nvidia_roots=(node.gpu.root_certificate(),))
+    one = _as_real_gpu(node, node.gpu_entry(NONCE, node.gpu))
+    b = node.rebind({**node.bundle(), "gpus": [one]})
+    assert _verify(node, b, trust=trust).ok
+    twice = node.rebind({**node.bundle(), "gpus": [one, dict(one)]})
+    run = _verify(node, twice, trust=trust)
+    _assert_failed_at(run, "gpu")
+    assert "GPU 1: the same device certificate as an earlier GPU" in str(run.error)

@@ -29,7 +29,9 @@ from client_cli.session import Session
 from client_cli.trust import FileCheckpointStore
 from cvm_boot.tlog import TransparencyLog, bundle_entry
 from server.attestation import BundleBuilder, SimulatedGpuProvider, SimulatedSnpProvider
+from server.bhttp_stream import encode_content_chunk, encode_response_end, encode_response_head
 from server.keys import KeyRing
+from server.ohttp import ChunkedRequestOpener
 
 MEASUREMENT = hashlib.sha384(b"openpcc test release").digest()
 OTHER_MEASUREMENT = hashlib.sha384(b"some other image").digest()
@@ -142,6 +144,30 @@ class SimNode:
     ) -> RecordingTransport:
         """``ohttp`` answers POST /v1/ohttp (default: 503, as a node that is busy)."""
         return RecordingTransport(self, mutate, log or self.log, ohttp)
+
+    def answering(
+        self, status: int, body: bytes, *, piece: int = 16 * 1024
+    ) -> Callable[[httpx.Request], httpx.Response]:
+        """An ``ohttp`` handler that opens the request with the node's keys and answers the inner
+        ``status`` and ``body`` (in chunks of ``piece`` bytes), sealed as the gateway seals."""
+
+        def answer(request: httpx.Request) -> httpx.Response:
+            opener = ChunkedRequestOpener(self.keys.accepted())
+            opener.feed(request.content)
+            opener.close()
+            sealer = opener.response_sealer()
+            head = encode_response_head(status, [("content-type", "application/json")])
+            out = [sealer.header(), sealer.seal_chunk(head)]
+            for i in range(0, len(body), piece):
+                out.append(sealer.seal_chunk(encode_content_chunk(body[i : i + piece])))
+            out.append(sealer.seal_chunk(encode_response_end(), final=True))
+            return httpx.Response(
+                200,
+                stream=httpx.ByteStream(b"".join(out)),  # unread, as off the network
+                headers={"content-type": "message/ohttp-chunked-res"},
+            )
+
+        return answer
 
     def session(
         self,

@@ -29,16 +29,23 @@ def _port() -> int:
         return port
 
 
+def _target(request: Request) -> str:
+    query = request.scope["query_string"].decode("latin-1")
+    return request.url.path + ("?" + query if query else "")
+
+
 class Upstream:
     """A stand-in gateway that records what reaches it and streams on command."""
 
     def __init__(self) -> None:
         self.seen: list[tuple[dict[str, str], bytes]] = []
+        self.targets: list[str] = []  # path and query of each request, as received
         self.release = threading.Event()
         self.port = _port()
 
         async def ohttp(request: Request) -> Response:
             self.seen.append((dict(request.headers), await request.body()))
+            self.targets.append(_target(request))
 
             async def body() -> AsyncIterator[bytes]:
                 yield b"first-chunk"
@@ -53,6 +60,7 @@ class Upstream:
 
         async def keys(request: Request) -> Response:
             self.seen.append((dict(request.headers), b""))
+            self.targets.append(_target(request))
             return Response(b"\x00\x01", media_type="application/ohttp-keys")
 
         app = Starlette(
@@ -92,6 +100,7 @@ def relay() -> Iterator[tuple[str, Upstream]]:
             assert time.monotonic() < deadline, "relay did not start"
             time.sleep(0.1)
     up.seen.clear()
+    up.targets.clear()
     try:
         yield url, up
     finally:
@@ -156,3 +165,39 @@ def test_relay_forwards_public_gets_without_identity(relay) -> None:  # type: ig
     headers, _ = up.seen[0]
     assert "alice" not in " ".join(headers.values())
     assert "203.0.113.7" not in " ".join(headers.values())
+
+
+def test_relay_forwards_no_query_string_on_ohttp(relay) -> None:  # type: ignore[no-untyped-def]
+    url, up = relay
+    up.release.set()
+    r = httpx.post(
+        url + "/v1/ohttp?user=alice&session=abc",
+        content=b"sealed",
+        headers={"content-type": "message/ohttp-req"},
+        timeout=10,
+    )
+    assert r.status_code == 200
+    assert up.targets == ["/v1/ohttp"]
+    assert up.seen[0][1] == b"sealed"
+
+
+def test_relay_sends_upstream_only_the_headers_it_must(relay) -> None:  # type: ignore[no-untyped-def]
+    url, up = relay
+    up.release.set()
+    r = httpx.post(
+        url + "/v1/ohttp",
+        content=b"sealed",
+        headers={"content-type": "message/ohttp-chunked-req", **IDENTIFYING},
+        timeout=10,
+    )
+    assert r.status_code == 200
+    r = httpx.get(url + "/v1/ohttp-keys?probe=1", headers=IDENTIFYING, timeout=10)
+    assert r.status_code == 200
+    (post_headers, _), (get_headers, _) = up.seen
+    assert set(post_headers) == {"host", "content-type", "content-length"}
+    assert post_headers["content-type"] == "message/ohttp-chunked-req"
+    # No user-agent, accept or connection (httpx's defaults), nothing from the client; the GET's
+    # answer is passed through raw, so no content coding is accepted.
+    assert get_headers == {"host": f"127.0.0.1:{up.port}", "accept-encoding": "identity"}
+    # A public GET keeps its query: a nonce, a consistency proof's sizes.
+    assert up.targets == ["/v1/ohttp", "/v1/ohttp-keys?probe=1"]
