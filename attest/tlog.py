@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -111,7 +112,7 @@ def verify_inclusion(
     """Check that ``leaf`` (a leaf hash) sits at ``index`` of the tree of ``size`` with ``root``."""
     _check_hash(root, "root hash")
     got = root_from_inclusion(index, size, leaf, proof)
-    if got != root:
+    if not hmac.compare_digest(got, root):
         raise VerificationError(
             "tlog-inclusion",
             f"proof for index {index} of size {size} yields root {got.hex()}, "
@@ -134,7 +135,7 @@ def verify_consistency(
     if old_size == new_size:
         if proof:
             raise VerificationError("tlog-consistency", "proof between equal sizes must be empty")
-        if old_root != new_root:
+        if not hmac.compare_digest(old_root, new_root):
             raise VerificationError("tlog-consistency", "equal sizes but different roots")
         return
     if old_size == 0:
@@ -167,11 +168,11 @@ def verify_consistency(
         sn >>= 1
     if sn != 0:
         raise VerificationError("tlog-consistency", "consistency proof is too short")
-    if fr != old_root:
+    if not hmac.compare_digest(fr, old_root):
         raise VerificationError(
             "tlog-consistency", f"proof yields old root {fr.hex()}, expected {old_root.hex()}"
         )
-    if sr != new_root:
+    if not hmac.compare_digest(sr, new_root):
         raise VerificationError(
             "tlog-consistency", f"proof yields new root {sr.hex()}, expected {new_root.hex()}"
         )
