@@ -98,6 +98,7 @@ __all__ = [
     "TrustAnchors",
     "VerificationRun",
     "VerifiedNode",
+    "load_crl",
     "run_verification",
     "verify_bundle",
 ]
@@ -207,6 +208,9 @@ class ClientPolicy:
     tdx: TdxPolicy | None = None
     tdx_collateral: TdxCollateral | None = None
     gpu_rims: tuple[VerifiedRim, ...] = ()
+    snp_crls: tuple[bytes, ...] = ()
+    """AMD CRLs (PEM or DER), one per product's ARK: a node's chain is checked against the one
+    its ARK issued; given any, a node whose ARK issued none of them is refused."""
 
     def __post_init__(self) -> None:
         unknown = self.skip - SKIPPABLE_CHECKS
@@ -552,7 +556,8 @@ def _snp_checks(
         roots = trust.amd_roots
     try:
         certs = load_certificates(b.certs)
-        verified = verify_report(report, certs, roots=list(roots), now=now)
+        crl = _snp_crl_for(policy.snp_crls, certs)
+        verified = verify_report(report, certs, roots=list(roots), now=now, crl=crl)
     except ParseError as e:
         raise r.fail("cert-chain", e) from e
     except VerificationError as e:
@@ -565,7 +570,10 @@ def _snp_checks(
         raise r.fail(name, err) from e
     detail = dict(verified.checks)
     r.passed("report-signature", detail.get("signature", "ECDSA P-384/SHA-384"))
-    r.passed("cert-chain", f"{verified.product}: " + detail.get("chain", "verified"))
+    revocation = detail.get("crl", "revocation not checked (no [snp] crls in the policy)")
+    r.passed(
+        "cert-chain", f"{verified.product}: " + detail.get("chain", "verified") + "; " + revocation
+    )
     r.passed("tcb-consistency", detail.get("tcb", "certificate TCB equals REPORTED_TCB"))
 
     # 5. policy: the floor (DEBUG and MIGRATE_MA off, VMPL 0 unless the policy names VMPLs) and
@@ -578,16 +586,17 @@ def _snp_checks(
     except PolicyError as e:
         raise r.fail("policy", PolicyError(e.violations, check="policy", hint=e.hint)) from e
     unchecked = [
-        label
-        for name, label in (("min_tcb", "minimum TCB"), ("min_abi", "minimum firmware ABI"))
-        if getattr(rules, name) is None
+        (key, label)
+        for key, label in (("min_tcb", "minimum TCB"), ("min_abi", "minimum firmware ABI"))
+        if getattr(rules, key) is None
     ]
-    detail = "; ".join(d for _, d in passed)
+    summary = "; ".join(d for _, d in passed)
     if unchecked:
-        detail += f"; not checked (no [snp] {' or '.join(unchecked)} in the policy): " + ", ".join(
-            unchecked
+        summary += (
+            f"; not checked: {', '.join(label for _, label in unchecked)} "
+            f"(no [snp] {' / '.join(key for key, _ in unchecked)} in the policy)"
         )
-    r.passed("policy", detail)
+    r.passed("policy", summary)
     return _CpuEvidence(
         measurement=report.measurement,
         report_data=report.report_data,
@@ -595,6 +604,36 @@ def _snp_checks(
         product=verified.product,
         report=report,
     )
+
+
+def _snp_crl_for(crls: Sequence[bytes], certs: Sequence[x509.Certificate]) -> bytes | None:
+    """The policy's CRL issued by the bundle chain's top certificate (the ARK it claims).
+
+    Only a selection: verify_report then checks that CRL's issuer and signature against the
+    pinned root the chain really ends in. With CRLs given and none for this product's ARK, the
+    node is refused: the user asked for revocation to be checked.
+    """
+    if not crls or not certs:
+        return None
+    top = certs[-1].subject
+    for raw in crls:
+        if load_crl(raw).issuer == top:
+            return raw
+    raise VerificationError(
+        "crl",
+        f"no CRL in the policy is issued by {top.rfc4514_string()}",
+        hint="add that product's CRL (AMD KDS: /vcek/v1/<product>/crl) to [snp] crls",
+    )
+
+
+def load_crl(raw: bytes) -> x509.CertificateRevocationList:
+    """A CRL from PEM or DER bytes; :class:`ParseError` otherwise."""
+    try:
+        if b"-----BEGIN" in raw:
+            return x509.load_pem_x509_crl(raw)
+        return x509.load_der_x509_crl(raw)
+    except ValueError as e:
+        raise ParseError("not a CRL (PEM or DER)") from e
 
 
 def _no_simulation_root() -> VerificationError:

@@ -44,7 +44,7 @@ from typing import Any
 from cryptography import x509
 
 from attest import tlog
-from attest.bundle import SKIPPABLE_CHECKS, ClientPolicy, TrustAnchors
+from attest.bundle import SKIPPABLE_CHECKS, ClientPolicy, TrustAnchors, load_crl
 from attest.errors import ParseError, VerificationError
 from attest.nvgpu import VerifiedRim, pinned_nvidia_roots, pinned_rim_roots, verify_rim
 from attest.sevsnp.validate import SnpPolicy
@@ -265,6 +265,7 @@ class PolicyFiles:
     tdx_collateral: Path | None = None
     gpu_rims: tuple[Path, ...] = ()
     rim_root: Path | None = None
+    snp_crls: tuple[Path, ...] = ()
 
 
 def load_policy(path: Path | None) -> ClientPolicy:
@@ -322,8 +323,15 @@ def load_policy_file(path: Path | None) -> tuple[ClientPolicy, PolicyFiles]:
             f"check(s) {sorted(unskippable)} cannot be skipped "
             f"(only {sorted(SKIPPABLE_CHECKS)} can)"
         )
+    snp_table = dict(data.get("snp", {}))
+    crls_value = snp_table.pop("crls", None)
     try:
-        snp = SnpPolicy.from_mapping(data["snp"]) if "snp" in data else SnpPolicy()
+        # A [snp] table holding only CRLs keeps the floor; an empty one is an error.
+        snp = (
+            SnpPolicy.from_mapping(snp_table)
+            if snp_table or ("snp" in data and crls_value is None)
+            else SnpPolicy()
+        )
     except ParseError as e:
         raise bad(f"[snp] {e}") from e
     tdx_table = dict(data.get("tdx", {}))
@@ -368,7 +376,24 @@ def load_policy_file(path: Path | None) -> tuple[ClientPolicy, PolicyFiles]:
             _load_rim(p, label, rim_roots, bad)
             for p, label in zip(rim_paths, rims_value, strict=True)
         )
-    files = PolicyFiles(path=path, tdx_collateral=directory, gpu_rims=rim_paths, rim_root=root_path)
+    crl_paths: tuple[Path, ...] = ()
+    crls: tuple[bytes, ...] = ()
+    if crls_value is not None:
+        if (
+            not isinstance(crls_value, list)
+            or not crls_value
+            or not all(isinstance(c, str) for c in crls_value)
+        ):
+            raise bad("[snp] crls must be a non-empty list of CRL file paths")
+        crl_paths = tuple(_policy_path(base, c, "[snp] crls", bad) for c in crls_value)
+        crls = tuple(_load_snp_crl(p, bad) for p in crl_paths)
+    files = PolicyFiles(
+        path=path,
+        tdx_collateral=directory,
+        gpu_rims=rim_paths,
+        rim_root=root_path,
+        snp_crls=crl_paths,
+    )
     try:
         policy = ClientPolicy(
             snp=snp,
@@ -377,6 +402,7 @@ def load_policy_file(path: Path | None) -> tuple[ClientPolicy, PolicyFiles]:
             tdx=tdx,
             tdx_collateral=collateral,
             gpu_rims=rims,
+            snp_crls=crls,
         )
     except ParseError as e:
         raise bad(str(e).removeprefix("policy: "), e.hint) from e
@@ -406,6 +432,22 @@ def _load_collateral(directory: Path, bad: _Bad) -> TdxCollateral:
         except ParseError as e:
             raise bad(f"[tdx] collateral {directory / name}: {e}", e.hint) from e
     return collateral
+
+
+def _load_snp_crl(path: Path, bad: _Bad) -> bytes:
+    """An AMD CRL's bytes, checked to parse; its signature is checked per report (the root
+    it must chain to depends on the node's product)."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise bad(f"[snp] crls: cannot read {path}: {e.strerror or e}") from e
+    try:
+        load_crl(data)
+    except ParseError as e:
+        raise bad(
+            f"[snp] crls {path}: {e}", "AMD KDS serves each product's CRL at /vcek/v1/<product>/crl"
+        ) from e
+    return data
 
 
 def _load_rim_root(path: Path, bad: _Bad) -> list[x509.Certificate]:
@@ -452,7 +494,20 @@ def reference_summary(policy: ClientPolicy, files: PolicyFiles) -> dict[str, obj
         if len(files.gpu_rims) == len(policy.gpu_rims)
         else [r.rim.label for r in policy.gpu_rims]
     )
+    crls = []
+    for i, raw in enumerate(policy.snp_crls):
+        crl = load_crl(raw)
+        crls.append(
+            {
+                "file": str(files.snp_crls[i]) if i < len(files.snp_crls) else None,
+                "issuer": crl.issuer.rfc4514_string(),
+                "last_update": crl.last_update_utc.isoformat(),
+                "next_update": crl.next_update_utc.isoformat() if crl.next_update_utc else None,
+                "revoked": len(crl),
+            }
+        )
     return {
+        "snp_crls": crls,
         "tdx_collateral": collateral,
         "gpu_rims": [
             {

@@ -52,10 +52,13 @@ def test_the_default_policy_says_what_it_did_not_check(sim_node: Any) -> None:
     run = _run(sim_node)
     detail = next(c.detail for c in run.checks if c.name == "policy")
     assert "VMPL 0 is allowed" in detail
-    assert "not checked (no [snp] minimum TCB or minimum firmware ABI in the policy)" in detail
+    assert (
+        "not checked: minimum TCB, minimum firmware ABI (no [snp] min_tcb / min_abi in the policy)"
+        in detail
+    )
     full = ClientPolicy(snp=SnpPolicy(min_abi=(0, 0)))
     detail = next(c.detail for c in _run(sim_node, policy=full).checks if c.name == "policy")
-    assert "not checked (no [snp] minimum TCB in the policy)" in detail
+    assert "not checked: minimum TCB (no [snp] min_tcb in the policy)" in detail
 
 
 @pytest.mark.parametrize("field", ["allow_debug", "allow_migrate_ma"])
