@@ -480,11 +480,20 @@ def verify(paths: StatePaths, config: HostConfig, *, say: Say = _quiet) -> Verif
         async with Session(
             record.gateway_url,
             trust=anchors,
-            policy=ClientPolicy(snp=SnpPolicy(measurements=(expected,))),
+            # The host holds no NVIDIA RIMs: it checks everything else, and says below what a
+            # client must add for the GPUs' CC state (clients fail closed without RIMs).
+            policy=ClientPolicy(snp=SnpPolicy(measurements=(expected,)), require_gpu_cc=False),
         ) as s:
             return await s.verify()
 
     run = asyncio.run(go())
+    for i, gpu in enumerate(run.node.gpus if run.node is not None else ()):
+        if gpu.get("cc_established") is False:
+            say(
+                f"warning: GPU {i} CC state not established here (no RIMs); clients refuse it "
+                f"until their policy has [gpu] rims for driver {gpu.get('driver_version')} and "
+                f"VBIOS {gpu.get('vbios_version')}"
+            )
     if run.node is not None and run.node.measurement != expected:
         return VerificationRun(
             run.checks,

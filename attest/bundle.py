@@ -72,9 +72,12 @@ from cryptography.hazmat.primitives import hashes
 from attest import binding, tlog
 from attest.errors import OpenPCCError, ParseError, PolicyError, VerificationError
 from attest.nvgpu import (
+    CC_NOT_ESTABLISHED,
+    GpuCcState,
     GpuReport,
     VerifiedRim,
     check_rims,
+    gpu_cc_state,
     load_gpu_chain,
     parse_gpu_report,
     verify_gpu_report,
@@ -208,6 +211,10 @@ class ClientPolicy:
     tdx: TdxPolicy | None = None
     tdx_collateral: TdxCollateral | None = None
     gpu_rims: tuple[VerifiedRim, ...] = ()
+    require_gpu_cc: bool = True
+    """Check 8 fails for a GPU whose CC state its evidence does not establish: a real GPU whose
+    measurements were not compared with ``gpu_rims``. False accepts it, and the check's detail
+    then says the CC/DevTools state was not established."""
     snp_crls: tuple[bytes, ...] = ()
     """AMD CRLs (PEM or DER), one per product's ARK: a node's chain is checked against the one
     its ARK issued; given any, a node whose ARK issued none of them is refused."""
@@ -480,9 +487,9 @@ def run_verification(
                 raise r.fail("gpu", _as_check("gpu", e)) from e
             r.passed(
                 "gpu",
-                ", ".join(
-                    f"{g['vendor']} driver {g['driver_version']} CC on"
-                    + (f", RIMs: {g['rims']}" if "rims" in g else "")
+                "; ".join(
+                    f"{g['vendor']} driver {g['driver_version']}, topology {g['topology']}, "
+                    f"{g['cc']}" + (f", RIMs: {g['rims']}" if "rims" in g else "")
                     for g in gpu_info
                 )
                 or "no GPU required by policy",
@@ -988,7 +995,7 @@ def _check_gpus(
         if not isinstance(chain_pem, str):
             raise ParseError(f"GPU {i}: 'certs' must be a PEM string")
         report = parse_gpu_report(_b64(g, "evidence"))
-        verify_gpu_report(
+        verified = verify_gpu_report(
             report,
             load_gpu_chain(chain_pem.encode()),
             nonce=want_nonce,
@@ -1004,16 +1011,34 @@ def _check_gpus(
                     "gpu", f"GPU {i}: the same device certificate as an earlier GPU in the list"
                 )
             seen.add(leaf)
-        if report.cc_enabled is not True:
-            raise VerificationError("gpu", f"GPU {i}: confidential-computing mode is not on")
+        rims = _check_gpu_rims(i, report, policy.gpu_rims, now) if policy.gpu_rims else None
+        # No report field says CC on: FEATURE_FLAG is the topology mode. Only measurements that
+        # matched reference values (the RIMs, or a SIMULATED GPU's own) establish the CC state.
+        if vendor == "nvidia" and rims is None:
+            # A real GPU's CC state is established by NVIDIA's RIMs only, never by the
+            # simulation's reference values, whatever driver version its report names.
+            cc = GpuCcState(established=False, detail=CC_NOT_ESTABLISHED)
+        else:
+            cc = gpu_cc_state(
+                verified, rims_matched="the RIMs of its driver and VBIOS" if rims else None
+            )
+        if not cc.established and policy.require_gpu_cc:
+            raise VerificationError(
+                "gpu",
+                f"GPU {i}: confidential-computing state not established: {cc.detail}",
+                hint="give this GPU's driver and VBIOS RIMs in [gpu] rims (or accept an "
+                "unestablished CC state with [gpu] require_cc = false)",
+            )
         info: dict[str, object] = {
             "vendor": vendor,
             "driver_version": report.opaque.driver_version,
             "vbios_version": report.opaque.vbios_version,
-            "cc_enabled": True,
+            "topology": report.topology_mode or "legacy",
+            "cc_established": cc.established,
+            "cc": cc.detail,
         }
-        if policy.gpu_rims:
-            info["rims"] = _check_gpu_rims(i, report, policy.gpu_rims, now)
+        if rims is not None:
+            info["rims"] = rims
         out.append(info)
     if len(out) < policy.min_gpus:
         raise VerificationError(

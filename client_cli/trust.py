@@ -307,6 +307,7 @@ def load_policy_file(path: Path | None) -> tuple[ClientPolicy, PolicyFiles]:
     min_gpus = gpu.pop("min_gpus", 1)
     rims_value = gpu.pop("rims", None)
     rim_root_value = gpu.pop("rim_root", None)
+    require_cc = gpu.pop("require_cc", True)
     if gpu:
         raise bad(f"unknown key(s) in [gpu]: {sorted(gpu)}")
     skip = dict(data.get("skip", {}))
@@ -317,6 +318,8 @@ def load_policy_file(path: Path | None) -> tuple[ClientPolicy, PolicyFiles]:
         raise bad("[skip] checks must be a list of check names")
     if isinstance(min_gpus, bool) or not isinstance(min_gpus, int) or min_gpus < 0:
         raise bad("[gpu] min_gpus must be a non-negative integer")
+    if not isinstance(require_cc, bool):
+        raise bad("[gpu] require_cc must be true or false")
     unskippable = set(checks) - SKIPPABLE_CHECKS
     if unskippable:
         raise bad(
@@ -402,6 +405,7 @@ def load_policy_file(path: Path | None) -> tuple[ClientPolicy, PolicyFiles]:
             tdx=tdx,
             tdx_collateral=collateral,
             gpu_rims=rims,
+            require_gpu_cc=require_cc,
             snp_crls=crls,
         )
     except ParseError as e:

@@ -1,8 +1,15 @@
 """``openpcc verify-gpu`` and ``openpcc verify-tdx``: check one piece of evidence offline.
 
-Each prints every check (name, ok, detail) as a table, or with ``--json``
-``{"ok", "checks": [{"name", "ok", "detail"}], "report" | "quote": {...}}``. Exit codes follow
+Each prints every check (name, status, detail) as a table, or with ``--json``
+``{"ok", "checks": [{"name", "ok", "status", "detail"}], "report" | "quote": {...}}``. A check's
+status is ``pass``, ``fail`` or ``not-checked`` (what the inputs given cannot establish: no
+``--nonce``, no ``--rim``, no ``--collateral``); ``ok`` is true for ``pass`` only. The command
+succeeds when nothing failed, and names what it did not check. Exit codes follow
 ``attest.errors.EXIT_CODES``: 0 ok, 3 unparsable, 4 signature or chain failure, 5 policy.
+
+``verify-gpu`` never reports the GPU's CC state from a report field: FEATURE_FLAG is the topology
+mode. The state is established (``gpu-cc`` pass) only when the measurements matched the RIMs
+given with ``--rim``; otherwise ``gpu-cc`` is not checked and says so.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ import json
 import string
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from cryptography import x509
@@ -20,6 +27,7 @@ from rich.table import Table
 
 from attest.errors import OpenPCCError, ParseError, PolicyError, VerificationError, exit_code_for
 from attest.nvgpu.abi import NONCE_SIZE, parse_gpu_report
+from attest.nvgpu.validate import gpu_cc_state
 from attest.nvgpu.verify import load_gpu_chain, run_gpu_checks
 from attest.tdx.abi import parse_quote
 from attest.tdx.collateral import (
@@ -34,6 +42,14 @@ from attest.tdx.verify import run_quote_checks
 __all__ = ["verify_gpu", "verify_tdx"]
 
 _HEX = frozenset(string.hexdigits)
+
+Status = Literal["pass", "fail", "not-checked"]
+Check = tuple[str, Status, str]
+_SHOWN: dict[Status, str] = {
+    "pass": "[green]yes[/]",
+    "fail": "[red]NO[/]",
+    "not-checked": "[yellow]not checked[/]",
+}
 
 
 def _parse_at(value: str | None) -> datetime | None:
@@ -73,17 +89,20 @@ def _read_evidence(path: Path) -> bytes:
 def _emit(
     *,
     title: str,
-    checks: list[tuple[str, bool, str]],
+    checks: list[Check],
     key: str,
     parsed: dict[str, Any] | None,
     as_json: bool,
     error: OpenPCCError | None,
 ) -> None:
-    ok = error is None and all(passed for _, passed, _ in checks)
+    ok = error is None and all(status != "fail" for _, status, _ in checks)
     if as_json:
         doc: dict[str, Any] = {
             "ok": ok,
-            "checks": [{"name": n, "ok": p, "detail": d} for n, p, d in checks],
+            "checks": [
+                {"name": n, "ok": status == "pass", "status": status, "detail": d}
+                for n, status, d in checks
+            ],
         }
         if parsed is not None:
             doc[key] = parsed
@@ -93,8 +112,8 @@ def _emit(
         table.add_column("check")
         table.add_column("ok")
         table.add_column("detail", overflow="fold")
-        for name, passed, detail in checks:
-            table.add_row(name, "[green]yes[/]" if passed else "[red]NO[/]", detail)
+        for name, status, detail in checks:
+            table.add_row(name, _SHOWN[status], detail)
         console = Console()
         console.print(table)
         if error is not None:
@@ -102,17 +121,21 @@ def _emit(
             if error.hint:
                 console.print(f"hint: {error.hint}")
         else:
-            console.print("[green]OK[/]")
+            skipped = [name for name, status, _ in checks if status == "not-checked"]
+            console.print(
+                "[green]OK[/]"
+                + (f" [yellow](not checked: {', '.join(skipped)})[/]" if skipped else "")
+            )
     if error is not None:
         raise typer.Exit(exit_code_for(error))
 
 
-def _failed(name: str, error: OpenPCCError) -> tuple[str, bool, str]:
+def _failed(name: str, error: OpenPCCError) -> Check:
     if isinstance(error, VerificationError):
-        return (error.check, False, error.detail)
+        return (error.check, "fail", error.detail)
     if isinstance(error, PolicyError):
-        return (error.check, False, "; ".join(error.violations))
-    return (name, False, str(error))
+        return (error.check, "fail", "; ".join(error.violations))
+    return (name, "fail", str(error))
 
 
 def _read_rims(paths: list[Path]) -> dict[str, bytes]:
@@ -173,14 +196,14 @@ def verify_gpu(
     expected = _parse_nonce(nonce)
     if rim_root is not None and not rim:
         raise typer.BadParameter("--rim-root needs --rim", param_hint="--rim-root")
-    checks: list[tuple[str, bool, str]] = []
+    checks: list[Check] = []
     parsed: dict[str, Any] | None = None
     error: OpenPCCError | None = None
     stage = "gpu-parse"
     try:
         gpu = parse_gpu_report(_read_evidence(report))
         parsed = gpu.to_dict()
-        checks.append(("gpu-parse", True, f"SPDM {parsed['spdm_version']}, {gpu.length} bytes"))
+        checks.append(("gpu-parse", "pass", f"SPDM {parsed['spdm_version']}, {gpu.length} bytes"))
         try:
             chain = load_gpu_chain(certs.read_bytes())
         except OSError as exc:
@@ -192,8 +215,9 @@ def verify_gpu(
         rims = _read_rims(rim) if rim else None
         rim_roots = _read_rim_root(rim_root) if rim_root is not None else None
         record: list[tuple[str, str]] = []
+        not_checked: list[tuple[str, str]] = []
         try:
-            run_gpu_checks(
+            verified = run_gpu_checks(
                 gpu,
                 chain,
                 nonce=expected,
@@ -202,20 +226,18 @@ def verify_gpu(
                 rims=rims,
                 record=record,
                 rim_roots=rim_roots,
+                not_checked=not_checked,
             )
         finally:
-            checks.extend((name, True, detail) for name, detail in record)
+            checks.extend((name, "pass", detail) for name, detail in record)
+            checks.extend((name, "not-checked", detail) for name, detail in not_checked)
         if not rims:
-            checks.append(("gpu-rim", True, "skipped: no --rim, measurements not compared"))
-        if gpu.cc_enabled is None:
-            checks.append(("gpu-cc", True, "report carries no signed CC flag (older firmware)"))
-        else:
-            checks.append(("gpu-cc", gpu.cc_enabled, f"CC mode {gpu.cc_mode}"))
+            checks.append(("gpu-rim", "not-checked", "no --rim: measurements not compared"))
+        state = gpu_cc_state(verified)
+        checks.append(("gpu-cc", "pass" if state.established else "not-checked", state.detail))
     except OpenPCCError as exc:
         error = exc
         checks.append(_failed(stage, exc))
-    if error is None and not all(ok for _, ok, _ in checks):
-        error = PolicyError(["cc_enabled: report False, required True"], check="gpu-cc")
     _emit(
         title="NVIDIA GPU attestation",
         checks=checks,
@@ -258,7 +280,7 @@ def verify_tdx(
 ) -> None:
     """Verify an Intel TDX quote to the pinned Intel SGX Root CA, then apply a policy."""
     when = _parse_at(at)
-    checks: list[tuple[str, bool, str]] = []
+    checks: list[Check] = []
     parsed: dict[str, Any] | None = None
     error: OpenPCCError | None = None
     stage = "tdx-policy-file"
@@ -268,7 +290,7 @@ def verify_tdx(
         stage = "tdx-parse"
         tdx = parse_quote(_read_evidence(quote))
         parsed = tdx.to_dict()
-        checks.append(("tdx-parse", True, f"quote v{tdx.version}, {len(tdx.raw)} bytes"))
+        checks.append(("tdx-parse", "pass", f"quote v{tdx.version}, {len(tdx.raw)} bytes"))
         stage = "tdx-collateral"
         files = load_collateral_dir(collateral) if collateral is not None else None
         record: list[tuple[str, str]] = []
@@ -277,12 +299,16 @@ def verify_tdx(
             pck = run_quote_checks(tdx, roots=None, now=when, collateral=None, record=record)
             if files is not None:
                 tcb = evaluate_collateral(tdx, pck, files, now=when, record=record)
-            else:
-                record.append(("tdx-collateral", "skipped: no --collateral, TCB not evaluated"))
         finally:
-            checks.extend((name, True, detail) for name, detail in record)
+            checks.extend((name, "pass", detail) for name, detail in record)
+        if files is None:
+            checks.append(
+                ("tdx-collateral", "not-checked", "skipped: no --collateral, TCB not evaluated")
+            )
         stage = "tdx-policy"
-        checks.extend((name, True, detail) for name, detail in validate_quote(tdx, rules, tcb=tcb))
+        checks.extend(
+            (name, "pass", detail) for name, detail in validate_quote(tdx, rules, tcb=tcb)
+        )
     except OSError as exc:
         error = ParseError(f"cannot read {policy}: {exc}")
         checks.append(_failed(stage, error))

@@ -230,7 +230,9 @@ def render_gpus(state: DashboardState, now: float, width: int) -> Text:
         mark, style = _MARK[g.verdict]
         t.append(f"GPU{g.index} ", style="bold")
         t.append(f"{g.vendor} ")
-        t.append(f"CC {g.cc_mode}", style="green" if g.cc_mode == "on" else "bold red")
+        t.append(
+            f"CC state {g.cc_mode}", style="green" if g.cc_mode == "established" else "bold red"
+        )
         t.append(f" {mark}", style=style)
         if width >= WIDE:
             t.append(f"  driver {g.driver} · vbios {g.vbios}", style="dim")

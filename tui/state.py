@@ -410,7 +410,9 @@ class TcbRow:
 class GpuRow:
     index: int
     vendor: str
-    cc_mode: str  # "on", "off", "unknown"
+    cc_mode: str
+    """"established" (measurements matched reference values), "not established" (verified, but
+    only RIMs could establish the CC/DevTools state and none were compared) or "unverified"."""
     driver: str
     vbios: str
     verdict: Status
@@ -428,7 +430,11 @@ def flatten(value: object, prefix: str = "") -> list[tuple[str, str]]:
     return [(prefix, "—" if value is None else str(value))]
 
 
-def _gpu_rows(bundle: Mapping[str, object], status: Status) -> tuple[GpuRow, ...]:
+def _gpu_rows(
+    bundle: Mapping[str, object], status: Status, verified: Sequence[Mapping[str, object]] = ()
+) -> tuple[GpuRow, ...]:
+    """One row per GPU in the bundle; the CC state comes from the verifier's result only (no
+    report field says CC on: FEATURE_FLAG is the multi-GPU topology mode)."""
     gpus = bundle.get("gpus")
     if not isinstance(gpus, list):
         return ()
@@ -438,14 +444,15 @@ def _gpu_rows(bundle: Mapping[str, object], status: Status) -> tuple[GpuRow, ...
             continue
         vendor = str(g.get("vendor", "?"))
         driver = vbios = "?"
-        cc = "unknown"
+        cc = "unverified"
+        if i < len(verified) and "cc_established" in verified[i]:
+            cc = "established" if verified[i]["cc_established"] else "not established"
         try:
             rep = parse_gpu_report(base64.b64decode(str(g.get("evidence", "")), validate=True))
         except (ParseError, binascii.Error, ValueError):
             pass
         else:
             driver, vbios = rep.opaque.driver_version, rep.opaque.vbios_version
-            cc = {True: "on", False: "off", None: "unknown"}[rep.cc_enabled]
         rows.append(GpuRow(i, vendor, cc, driver, vbios, status))
     return tuple(rows)
 
@@ -563,7 +570,7 @@ class Attestation:
             inclusion=tuple(str(p) for p in inclusion) if isinstance(inclusion, list) else (),
             checkpoint_note=str(tl_map.get("checkpoint", "")),
             manifest=man,
-            gpus=_gpu_rows(bundle, status_gpu),
+            gpus=_gpu_rows(bundle, status_gpu, node.gpus if node is not None else ()),
             report_fields=report_fields,
             error=str(err) if err is not None else "",
             hint=err.hint if isinstance(err, OpenPCCError) else "",

@@ -1,6 +1,7 @@
 """NVIDIA GPU attestation: SPDM report parsing (abi), verification (verify), policy (validate)."""
 
 from attest.nvgpu.abi import (
+    TOPOLOGY_MODES,
     GpuReport,
     MeasurementBlock,
     OpaqueData,
@@ -18,7 +19,13 @@ from attest.nvgpu.rim import (
     verify_rim,
 )
 from attest.nvgpu.sim import SimulatedGpu
-from attest.nvgpu.validate import GpuPolicy, validate_gpu
+from attest.nvgpu.validate import (
+    CC_NOT_ESTABLISHED,
+    GpuCcState,
+    GpuPolicy,
+    gpu_cc_state,
+    validate_gpu,
+)
 from attest.nvgpu.verify import (
     VerifiedGpu,
     load_gpu_chain,
@@ -27,6 +34,9 @@ from attest.nvgpu.verify import (
 )
 
 __all__ = [
+    "CC_NOT_ESTABLISHED",
+    "TOPOLOGY_MODES",
+    "GpuCcState",
     "GpuEvidence",
     "GpuEvidenceSource",
     "GpuPolicy",
@@ -42,6 +52,7 @@ __all__ = [
     "VerifiedGpu",
     "VerifiedRim",
     "check_rims",
+    "gpu_cc_state",
     "load_gpu_chain",
     "load_rim",
     "parse_gpu_report",

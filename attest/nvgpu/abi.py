@@ -11,6 +11,13 @@ Multi-byte integers are little-endian. The opaque data is NVIDIA's list of
 ``DataType[2] | DataSize[2] | Data`` items (field ids as in nvtrust's ``OpaqueData``). The report
 length comes from decoding; only zero padding may follow it (NVML returns a fixed-size buffer).
 This module rejects malformed bytes only: nothing here is verified.
+
+No field of the report states that the GPU is in confidential-computing mode. ``FEATURE_FLAG``
+(opaque field 36) is the multi-GPU topology mode the evidence was produced in, SPT (0), MPT (1) or
+PPCIE (2), as NVIDIA's and Google's verifiers read it to pick a verification flow; firmware that
+predates the field (the captured H100 report) omits it. None of its values stands for CC on, off
+or DevTools (a DevTools GPU still runs in one of these topologies), so the flag cannot tell them
+apart: that shows only in the measurements, compared with NVIDIA's RIMs.
 """
 
 from __future__ import annotations
@@ -24,11 +31,14 @@ from typing import Any
 from attest.errors import ParseError
 
 __all__ = [
-    "FEATURE_FLAG_MODES",
     "NONCE_SIZE",
     "REQUEST_SIZE",
     "SIGNATURE_SIZE",
     "SPDM_VERSION_1_1",
+    "TOPOLOGY_MODES",
+    "TOPOLOGY_MPT",
+    "TOPOLOGY_PPCIE",
+    "TOPOLOGY_SPT",
     "GpuReport",
     "MeasurementBlock",
     "OpaqueData",
@@ -74,8 +84,14 @@ SWITCH_PDI_SIZE = 8
 NVDEC_STATUS_ENABLED = 0xAA
 NVDEC_STATUS_DISABLED = 0x55
 
-#: OPAQUE_FIELD_ID_FEATURE_FLAG values: the GPU's confidential-computing topology mode.
-FEATURE_FLAG_MODES: Mapping[int, str] = MappingProxyType({0: "SPT", 1: "MPT", 2: "PPCIE"})
+#: OPAQUE_FIELD_ID_FEATURE_FLAG values: the multi-GPU topology mode (single GPU passthrough,
+#: multi-GPU passthrough, protected PCIe), not the CC state.
+TOPOLOGY_SPT = 0
+TOPOLOGY_MPT = 1
+TOPOLOGY_PPCIE = 2
+TOPOLOGY_MODES: Mapping[int, str] = MappingProxyType(
+    {TOPOLOGY_SPT: "SPT", TOPOLOGY_MPT: "MPT", TOPOLOGY_PPCIE: "PPCIE"}
+)
 
 
 class OpaqueFieldId(enum.IntEnum):
@@ -142,6 +158,7 @@ class OpaqueData:
     cpr_info: bytes
     nvdec0_status: int | None
     protected_pcie_status: int | None
+    #: FEATURE_FLAG, the topology mode (see :data:`TOPOLOGY_MODES`); None where not carried.
     feature_flag: int | None
     opaque_data_version: int | None
     measurement_counts: tuple[int, ...]
@@ -169,7 +186,7 @@ class OpaqueData:
             "cpr_info": self.cpr_info.hex(),
             "nvdec0_status": _status_name(self.nvdec0_status),
             "protected_pcie_status": _status_hex(self.protected_pcie_status),
-            "feature_flag": _feature_flag_name(self.feature_flag),
+            "feature_flag": _topology_name(self.feature_flag),
             "opaque_data_version": self.opaque_data_version,
             "measurement_count": {
                 str(i): count for i, count in enumerate(self.measurement_counts, start=1)
@@ -214,21 +231,24 @@ class GpuReport:
         return {block.index: block.value for block in self.blocks}
 
     @property
-    def cc_mode(self) -> str | None:
-        """The signed CC mode (SPT, MPT, PPCIE) where the opaque data carries FEATURE_FLAG."""
-        return _feature_flag_name(self.opaque.feature_flag)
+    def topology_mode(self) -> str | None:
+        """The signed topology mode: SPT, MPT, PPCIE or ``unknown(N)``; None where the report
+        carries no FEATURE_FLAG (firmware that predates it, such as the captured H100 report)."""
+        return _topology_name(self.opaque.feature_flag)
 
     @property
     def cc_enabled(self) -> bool | None:
-        """True when the signed FEATURE_FLAG names a CC mode, False for any other value.
+        """DEPRECATED, and not the CC state despite its name: True when FEATURE_FLAG names a
+        known topology mode, False for another value, None when absent.
 
-        None when the report does not carry it: Hopper firmware that predates the field
-        (such as the captured H100 vector) says nothing signed about CC mode.
+        Kept only until ``attest/bundle.py`` and the dashboard move to :attr:`topology_mode` and
+        :func:`attest.nvgpu.validate.gpu_cc_state`. The flag has no value for CC off or DevTools;
+        only measurements compared with reference values establish the CC state.
         """
         flag = self.opaque.feature_flag
         if flag is None:
             return None
-        return flag in FEATURE_FLAG_MODES
+        return flag in TOPOLOGY_MODES
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -252,8 +272,7 @@ class GpuReport:
             },
             "responder_nonce": self.responder_nonce.hex(),
             "opaque": self.opaque.to_dict(),
-            "cc_enabled": self.cc_enabled,
-            "cc_mode": self.cc_mode,
+            "topology_mode": self.topology_mode,
             "signature": self.signature.hex(),
         }
 
@@ -279,10 +298,10 @@ def _status_hex(value: int | None) -> str | None:
     return None if value is None else f"{value:02x}"
 
 
-def _feature_flag_name(value: int | None) -> str | None:
+def _topology_name(value: int | None) -> str | None:
     if value is None:
         return None
-    return FEATURE_FLAG_MODES.get(value, f"unknown({value})")
+    return TOPOLOGY_MODES.get(value, f"unknown({value})")
 
 
 def _le(data: bytes, offset: int, size: int, what: str) -> int:

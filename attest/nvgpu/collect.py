@@ -45,7 +45,8 @@ def _check_nonce(nonce: bytes) -> None:
 
 @dataclass(frozen=True, slots=True)
 class SimulatedGpuSource:
-    """SIMULATED evidence from :class:`SimulatedGpu` (vendor ``sim-nvidia``)."""
+    """SIMULATED evidence from :class:`SimulatedGpu` (vendor ``sim-nvidia``); ``cc_enabled``
+    False simulates a GPU outside CC mode, which shows in its measurements."""
 
     gpu: SimulatedGpu
     cc_enabled: bool = True

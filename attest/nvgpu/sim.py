@@ -3,6 +3,10 @@
 Nothing this module produces is confidential. The chain's root says SIMULATED in its name and
 verifies only when a caller explicitly passes it as ``roots=``; the pinned NVIDIA root never
 accepts it. Tests and the simulated appliance use it to exercise the same verifier code path.
+
+As on a real GPU, the CC state shows in the measurements, not in a flag: a simulated GPU outside
+CC mode measures one block differently (:mod:`attest.nvgpu._simulated`), which only a comparison
+with reference values notices. FEATURE_FLAG carries the topology mode, SPT unless told otherwise.
 """
 
 from __future__ import annotations
@@ -20,6 +24,12 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
 from attest.errors import ParseError
+from attest.nvgpu._simulated import (
+    SIMULATED_BLOCKS,
+    SIMULATED_DRIVER_VERSION,
+    SIMULATED_VBIOS,
+    simulated_measurement,
+)
 from attest.nvgpu.abi import (
     GET_MEASUREMENTS,
     MEASUREMENT_SPEC_DMTF,
@@ -27,6 +37,7 @@ from attest.nvgpu.abi import (
     NONCE_SIZE,
     SIGNATURE_SIZE,
     SPDM_VERSION_1_1,
+    TOPOLOGY_SPT,
     OpaqueFieldId,
 )
 from attest.nvgpu.verify import FWID_EXTENSION_OID, SHA384_OID, leaf_fwid
@@ -39,11 +50,6 @@ __all__ = [
     "opaque_item",
 ]
 
-SIMULATED_DRIVER_VERSION = "550.90.07-SIMULATED"
-SIMULATED_VBIOS = bytes.fromhex("009f009601000000")  # displays as 96.00.9f.00.01
-SIMULATED_BLOCKS = 8
-FEATURE_FLAG_SPT = 0
-FEATURE_FLAG_NOT_CC = 0xFF  # no CC mode: what the simulation reports for cc_enabled=False
 DMTF_RAW_BITSTREAM = 0x01
 _ROOT, _CA, _LEAF, _KEY = (
     "sim_gpu_root.pem",
@@ -227,26 +233,29 @@ class SimulatedGpu:
         pem = serialization.Encoding.PEM
         return b"".join(c.public_bytes(pem) for c in (self.leaf, self.ca, self.root))
 
-    def evidence(self, nonce: bytes, *, cc_enabled: bool = True) -> bytes:
-        """SIMULATED SPDM evidence for ``nonce``; CC state is carried in FEATURE_FLAG."""
+    def evidence(
+        self, nonce: bytes, *, cc_enabled: bool = True, topology: int | None = TOPOLOGY_SPT
+    ) -> bytes:
+        """SIMULATED SPDM evidence for ``nonce``.
+
+        ``cc_enabled`` False measures the CC-state block as a GPU outside CC mode (off or
+        DevTools) would; ``topology`` is the FEATURE_FLAG value, None for firmware without it.
+        """
         blocks = [
-            measurement_block(i, hashlib.sha384(b"SIMULATED measurement %d" % i).digest())
+            measurement_block(i, simulated_measurement(i, cc_enabled=cc_enabled))
             for i in range(1, SIMULATED_BLOCKS + 1)
         ]
         counts = b"".join((1).to_bytes(4, "little") for _ in range(SIMULATED_BLOCKS))
-        flag = FEATURE_FLAG_SPT if cc_enabled else FEATURE_FLAG_NOT_CC
-        opaque = b"".join(
-            [
-                opaque_item(
-                    OpaqueFieldId.DRIVER_VERSION, SIMULATED_DRIVER_VERSION.encode() + b"\0"
-                ),
-                opaque_item(OpaqueFieldId.VBIOS_VERSION, SIMULATED_VBIOS),
-                opaque_item(OpaqueFieldId.PROJECT, b"SIMULATED\0"),
-                opaque_item(OpaqueFieldId.MSRSCNT, counts),
-                opaque_item(OpaqueFieldId.FWID, self.fwid),
-                opaque_item(OpaqueFieldId.FEATURE_FLAG, bytes([flag])),
-            ]
-        )
+        items = [
+            opaque_item(OpaqueFieldId.DRIVER_VERSION, SIMULATED_DRIVER_VERSION.encode() + b"\0"),
+            opaque_item(OpaqueFieldId.VBIOS_VERSION, SIMULATED_VBIOS),
+            opaque_item(OpaqueFieldId.PROJECT, b"SIMULATED\0"),
+            opaque_item(OpaqueFieldId.MSRSCNT, counts),
+            opaque_item(OpaqueFieldId.FWID, self.fwid),
+        ]
+        if topology is not None:
+            items.append(opaque_item(OpaqueFieldId.FEATURE_FLAG, bytes([topology])))
+        opaque = b"".join(items)
         return build_evidence(
             self.key,
             nonce=nonce,

@@ -1,4 +1,4 @@
-"""Verify an NVIDIA GPU attestation report: chain, signature, FWID, nonce, reference values.
+"""Verify an NVIDIA GPU attestation report: chain, signature, FWID, nonce, topology, measurements.
 
 Checks run in this order and the first failure raises :class:`VerificationError` naming it:
 
@@ -7,10 +7,22 @@ Checks run in this order and the first failure raises :class:`VerificationError`
 ``gpu-signature``  ECDSA P-384 / SHA-384 over request and response up to the signature, r || s
                    big-endian, by the leaf's key;
 ``gpu-fwid``       the leaf's FWID (extension 2.23.133.5.4.1) equals the report's opaque FWID;
-``gpu-nonce``      the request nonce equals the one the caller asked for (constant time);
+``gpu-nonce``      the request nonce equals the one the caller asked for (constant time); with
+                   no expected nonce it is *not checked*, and says so, never passed;
+``gpu-topology``   FEATURE_FLAG, the multi-GPU topology mode: SPT, MPT or absent (firmware that
+                   predates it) are verified GPU by GPU; PPCIE is refused, because it puts the
+                   NVSwitches inside the trust boundary and needs their evidence and a topology
+                   check (NVIDIA's PPCIE verifier), which this verifier does not have;
+``gpu-sim-measurements``  for a report whose driver version is the SIMULATED one, every block
+                   equals the simulation's reference values (no NVIDIA RIM exists for it);
 then, when RIM files are given, the checks of :mod:`attest.nvgpu.rim`: each RIM's chain to a RIM
 root and its XML signature, its version against the report's driver / VBIOS version, coverage of
 every measurement index, and each active reference measurement.
+
+Nothing in the report itself says the GPU is in confidential-computing mode rather than off or in
+DevTools mode. NVIDIA's verifier learns it by comparing the measurements with the RIMs (a mismatch
+"could be a result of using devtools mode", its troubleshooting guide says); without reference
+values the CC state is not established, and :attr:`VerifiedGpu.measurements_matched` is None.
 """
 
 from __future__ import annotations
@@ -29,11 +41,19 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from attest.errors import ParseError, VerificationError
 from attest.nvgpu._chain import verify_chain
-from attest.nvgpu.abi import SIGNATURE_SIZE, GpuReport
+from attest.nvgpu._simulated import SIMULATED_DRIVER_VERSION, SIMULATED_REFERENCE
+from attest.nvgpu.abi import (
+    SIGNATURE_SIZE,
+    TOPOLOGY_MPT,
+    TOPOLOGY_PPCIE,
+    TOPOLOGY_SPT,
+    GpuReport,
+)
 from attest.nvgpu.rim import RimMeasurement, check_rims, parse_rim, verify_rim
 
 __all__ = [
     "FWID_EXTENSION_OID",
+    "NONCE_NOT_CHECKED",
     "NVIDIA_ROOT_SUBJECT_CN",
     "RimMeasurement",
     "VerifiedGpu",
@@ -51,15 +71,25 @@ FWID_EXTENSION_OID = x509.ObjectIdentifier("2.23.133.5.4.1")
 SHA384_OID = "2.16.840.1.101.3.4.2.2"
 FWID_SIZE = 48
 ROOT_PEM = "nvidia_device_identity_ca.pem"
+NONCE_NOT_CHECKED = "not checked: no expected nonce given, so the report's freshness is unknown"
 
 
 @dataclass(frozen=True, slots=True)
 class VerifiedGpu:
-    """A report whose chain, signature, FWID and (when asked) nonce and RIMs verified."""
+    """A report whose chain, signature, FWID, topology and (when asked) nonce and measurements
+    verified.
+
+    ``checks`` are the checks that passed and ``not_checked`` those that were not made (the nonce,
+    when none was expected), each as (name, detail). ``measurements_matched`` names the reference
+    values every active measurement matched (RIMs, or a SIMULATED GPU's own), or is None when they
+    were not compared: then the GPU's CC state is not established.
+    """
 
     report: GpuReport
     leaf: x509.Certificate
     checks: tuple[tuple[str, str], ...]
+    not_checked: tuple[tuple[str, str], ...] = ()
+    measurements_matched: str | None = None
 
 
 def load_gpu_chain(pem: bytes) -> list[x509.Certificate]:
@@ -182,21 +212,65 @@ def verify_gpu_report(
 ) -> VerifiedGpu:
     """Run every check in order; the first failure raises :class:`VerificationError`.
 
-    ``rims`` maps a label (a file name) to a RIM file; the driver and the VBIOS RIM are both
-    needed. ``rim_roots`` replaces the pinned NVIDIA RIM signing root.
+    ``nonce`` is the nonce the evidence must carry; None (said explicitly) when the caller
+    expects none, and then the nonce is reported as not checked. ``rims`` maps a label (a file
+    name) to a RIM file; the driver and the VBIOS RIM are both needed. ``rim_roots`` replaces the
+    pinned NVIDIA RIM signing root.
     """
-    checks: list[tuple[str, str]] = []
-    run_gpu_checks(
+    return run_gpu_checks(
         report,
         chain,
         nonce=nonce,
         roots=roots,
         now=now,
         rims=rims,
-        record=checks,
+        record=[],
         rim_roots=rim_roots,
     )
-    return VerifiedGpu(report=report, leaf=chain[0], checks=tuple(checks))
+
+
+def _check_topology(report: GpuReport) -> str:
+    flag = report.opaque.feature_flag
+    if flag is None:
+        return "legacy: no FEATURE_FLAG (firmware predates it), verified as a single GPU"
+    if flag == TOPOLOGY_SPT:
+        return "SPT (single GPU passthrough)"
+    if flag == TOPOLOGY_MPT:
+        return "MPT (multi-GPU passthrough), each GPU verified on its own"
+    if flag == TOPOLOGY_PPCIE:
+        raise VerificationError(
+            "gpu-topology",
+            "FEATURE_FLAG is PPCIE (protected PCIe): NVLink traffic is not encrypted and the "
+            "NVSwitches are inside the trust boundary, which takes their evidence and a topology "
+            "check; this verifier has neither, so PPCIE evidence is refused",
+            hint="run each GPU in CC mode (SPT or MPT)",
+        )
+    raise VerificationError(
+        "gpu-topology",
+        f"FEATURE_FLAG {flag} is no topology mode (SPT=0, MPT=1, PPCIE=2)",
+    )
+
+
+def _check_simulated(report: GpuReport) -> str:
+    runtime = report.measurements
+    if set(runtime) != set(SIMULATED_REFERENCE):
+        raise VerificationError(
+            "gpu-sim-measurements",
+            f"SIMULATED GPU reports blocks {sorted(runtime)}, the simulation measures "
+            f"{sorted(SIMULATED_REFERENCE)}",
+        )
+    differ = [
+        i for i, want in SIMULATED_REFERENCE.items() if not hmac.compare_digest(runtime[i], want)
+    ]
+    if differ:
+        raise VerificationError(
+            "gpu-sim-measurements",
+            f"SIMULATED GPU block(s) {', '.join(map(str, differ))} differ from the simulation's "
+            "reference values, as a GPU outside confidential-computing mode (CC off or "
+            "DevTools) measures",
+            hint="start the simulated GPU in CC mode",
+        )
+    return f"{len(runtime)} blocks match the SIMULATED reference values (no NVIDIA RIM exists)"
 
 
 def run_gpu_checks(
@@ -209,8 +283,13 @@ def run_gpu_checks(
     rims: Mapping[str, bytes] | None,
     record: list[tuple[str, str]],
     rim_roots: Sequence[x509.Certificate] | None = None,
-) -> None:
-    """The checks behind :func:`verify_gpu_report`, appending each pass to ``record``."""
+    not_checked: list[tuple[str, str]] | None = None,
+) -> VerifiedGpu:
+    """The checks behind :func:`verify_gpu_report`, appending each pass to ``record`` (and each
+    check not made to ``not_checked``) as it goes, so that a caller can show how far a failed
+    run got."""
+    start = len(record)
+    skipped: list[tuple[str, str]] = []
     when = now if now is not None else datetime.now(UTC)
     anchors = list(roots) if roots is not None else pinned_nvidia_roots()
     root = verify_chain(chain, anchors, now=when, check="gpu-chain")
@@ -234,7 +313,9 @@ def run_gpu_checks(
         )
     record.append(("gpu-fwid", fwid.hex()))
     if nonce is None:
-        record.append(("gpu-nonce", "skipped: no expected nonce given"))
+        skipped.append(("gpu-nonce", NONCE_NOT_CHECKED))
+        if not_checked is not None:
+            not_checked.append(skipped[-1])
     else:
         if not hmac.compare_digest(report.request_nonce, nonce):
             raise VerificationError(
@@ -242,6 +323,11 @@ def run_gpu_checks(
                 f"report nonce {report.request_nonce.hex()} differs from expected {nonce.hex()}",
             )
         record.append(("gpu-nonce", nonce.hex()))
+    record.append(("gpu-topology", _check_topology(report)))
+    matched: str | None = None
+    if report.opaque.driver_version == SIMULATED_DRIVER_VERSION:
+        record.append(("gpu-sim-measurements", _check_simulated(report)))
+        matched = "the SIMULATED reference values"
     if rims:
         verified = []
         for label, data in rims.items():
@@ -255,3 +341,11 @@ def run_gpu_checks(
                 )
             )
         record.extend(check_rims(report, verified))
+        matched = "the RIMs " + ", ".join(v.rim.label for v in verified)
+    return VerifiedGpu(
+        report=report,
+        leaf=leaf,
+        checks=tuple(record[start:]),
+        not_checked=tuple(skipped),
+        measurements_matched=matched,
+    )

@@ -319,7 +319,8 @@ def test_rims_describing_the_gpu_verify(node: ReferenceNode) -> None:
     assert run.ok, run.to_dict()
     detail = _details(run)["gpu"]
     assert detail == (
-        f"sim-nvidia driver {node.gpu_report.opaque.driver_version} CC on, RIMs: "
+        f"sim-nvidia driver {node.gpu_report.opaque.driver_version}, topology SPT, CC state "
+        "established: every active measurement matches the RIMs of its driver and VBIOS, RIMs: "
         "8 active measurements match (driver.swidtag, vbios.swidtag)"
     )
     assert run.node is not None and "8 active measurements match" in str(run.node.gpus[0]["rims"])

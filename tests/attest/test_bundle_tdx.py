@@ -580,10 +580,28 @@ def _as_real_gpu(node: TdxNode, entry: dict[str, str]) -> dict[str, str]:
 
 def test_the_same_real_gpu_listed_twice_counts_once(node: TdxNode) -> None:
     trust = node.anchors(nvidia_roots=(node.gpu.root_certificate(),))
+    lax = ClientPolicy(snp=SnpPolicy(), require_gpu_cc=False)  # no RIMs for this "real" GPU
     one = _as_real_gpu(node, node.gpu_entry(NONCE, node.gpu))
     b = node.rebind({**node.bundle(), "gpus": [one]})
-    assert _verify(node, b, trust=trust).ok
+    assert _verify(node, b, trust=trust, policy=lax).ok
     twice = node.rebind({**node.bundle(), "gpus": [one, dict(one)]})
-    run = _verify(node, twice, trust=trust)
+    run = _verify(node, twice, trust=trust, policy=lax)
     _assert_failed_at(run, "gpu")
     assert "GPU 1: the same device certificate as an earlier GPU" in str(run.error)
+
+
+def test_a_real_gpu_without_rims_fails_closed_unless_the_policy_says_so(node: TdxNode) -> None:
+    """No report field says CC on; for a real GPU only NVIDIA's RIMs establish it (the
+    simulation's reference values never count for vendor "nvidia")."""
+    trust = node.anchors(nvidia_roots=(node.gpu.root_certificate(),))
+    one = _as_real_gpu(node, node.gpu_entry(NONCE, node.gpu))
+    b = node.rebind({**node.bundle(), "gpus": [one]})
+    run = _verify(node, b, trust=trust)
+    _assert_failed_at(run, "gpu")
+    assert "GPU 0: confidential-computing state not established" in str(run.error)
+    assert run.error is not None and "[gpu] rims" in run.error.hint
+    lax = ClientPolicy(snp=SnpPolicy(), require_gpu_cc=False)
+    run = _verify(node, b, trust=trust, policy=lax)
+    assert run.ok, run.to_dict()
+    detail = next(c.detail for c in run.checks if c.name == "gpu")
+    assert "measurements not compared with RIMs: CC/DevTools state not established" in detail

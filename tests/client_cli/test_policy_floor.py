@@ -65,3 +65,16 @@ def test_the_default_policy_says_what_it_did_not_check(sim_node: Any) -> None:
 def test_a_client_policy_never_relaxes_debug_or_migration(field: str) -> None:
     with pytest.raises(ParseError, match="may not allow debug or a migration agent"):
         ClientPolicy(snp=SnpPolicy(**{field: True}))
+
+
+def test_gpu_require_cc_is_on_unless_the_policy_file_says_otherwise(tmp_path: Any) -> None:
+    from client_cli.trust import load_policy
+
+    path = tmp_path / "policy.toml"
+    path.write_text("[gpu]\nmin_gpus = 1\n")
+    assert load_policy(path).require_gpu_cc is True
+    path.write_text("[gpu]\nrequire_cc = false\n")
+    assert load_policy(path).require_gpu_cc is False
+    path.write_text('[gpu]\nrequire_cc = "no"\n')
+    with pytest.raises(ParseError, match=r"\[gpu\] require_cc must be true or false"):
+        load_policy(path)

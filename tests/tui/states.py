@@ -85,7 +85,7 @@ def make_state(*, simulated: bool, failed: str | None = None) -> DashboardState:
             GpuRow(
                 0,
                 "sim-nvidia" if simulated else "nvidia",
-                "on",
+                "established",
                 "550.90.07",
                 "96.00.9f.00.01",
                 "not-run" if failed else "pass",

@@ -244,7 +244,7 @@ def test_views_render_without_a_terminal() -> None:
     assert "VERIFIED" in render_attestation(st, T0, 36).plain
     assert "SIMULATED" in render_attestation(st, T0, 36).plain
     assert "✓ match" in render_measurements(st, T0, 36).plain
-    assert "CC on" in render_gpus(st, T0, 36).plain
+    assert "CC state established" in render_gpus(st, T0, 36).plain
     assert "restarts 1" in render_throughput(st, T0, 36).plain
     assert "gateway" in render_host(st, T0, 36).plain
     st.connection.lost("ConnectError", T0)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +19,7 @@ from attest.nvgpu.abi import (
     OpaqueFieldId,
     parse_gpu_report,
 )
+from attest.nvgpu.sim import build_evidence, measurement_block, opaque_item
 
 
 def _report_bytes(vectors: Path) -> bytes:
@@ -53,7 +55,7 @@ def test_structure(report: GpuReport, raw: bytes) -> None:
     assert len(report.blocks) == 64
     assert report.signed_bytes == raw[:-SIGNATURE_SIZE]
     assert report.signature == raw[-SIGNATURE_SIZE:]
-    assert report.cc_enabled is None  # this firmware carries no FEATURE_FLAG
+    assert report.topology_mode is None  # this firmware carries no FEATURE_FLAG
     assert report.opaque.get(OpaqueFieldId.FWID) == report.opaque.fwid
 
 
@@ -87,6 +89,60 @@ def test_to_dict_is_json(report: GpuReport) -> None:
     doc = json.loads(json.dumps(report.to_dict()))
     assert doc["opaque"]["driver_version"] == "550.90.07"
     assert len(doc["measurements"]) == 64
+
+
+def test_real_report_states_no_topology_and_no_cc_state(
+    report: GpuReport, claims: dict[str, object]
+) -> None:
+    """The captured H100 firmware predates FEATURE_FLAG and OPAQUE_DATA_VERSION; the golden
+    extractor reports neither. Nothing in the report is read as a CC state."""
+    types = {t for t, _ in report.opaque.items}
+    assert OpaqueFieldId.FEATURE_FLAG not in types
+    assert OpaqueFieldId.OPAQUE_DATA_VERSION not in types
+    assert report.opaque.feature_flag is None and report.opaque.opaque_data_version is None
+    config = claims["config"]
+    assert isinstance(config, dict)
+    assert not {k for k in config if "feature" in k or "cc" in k}
+    doc = report.to_dict()
+    assert doc["topology_mode"] is None and doc["opaque"]["feature_flag"] is None
+    assert "cc_enabled" not in doc and "cc_mode" not in doc
+    assert report.cc_enabled is None  # the deprecated name: no flag, so None
+
+
+def _with_opaque(extra: bytes) -> bytes:
+    opaque = opaque_item(OpaqueFieldId.DRIVER_VERSION, b"570.1\0") + opaque_item(
+        OpaqueFieldId.VBIOS_VERSION, bytes(8)
+    )
+    return build_evidence(
+        ec.generate_private_key(ec.SECP384R1()),
+        nonce=bytes(32),
+        blocks=[measurement_block(1, bytes(48))],
+        opaque=opaque + extra,
+        responder_nonce=bytes(32),
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "mode"),
+    [
+        (b"\x00", "SPT"),
+        (b"\x01", "MPT"),
+        (b"\x02", "PPCIE"),
+        (b"\x00\x00\x00\x00", "SPT"),
+        (b"\x03", "unknown(3)"),
+        (b"\x00\x01", "unknown(256)"),
+    ],
+)
+def test_feature_flag_is_the_topology_mode(value: bytes, mode: str) -> None:
+    report = parse_gpu_report(_with_opaque(opaque_item(OpaqueFieldId.FEATURE_FLAG, value)))
+    assert report.topology_mode == mode
+    assert report.to_dict()["topology_mode"] == mode
+
+
+@pytest.mark.parametrize(("size", "message"), [(0, "got 0"), (9, "got 9")])
+def test_feature_flag_size(size: int, message: str) -> None:
+    with pytest.raises(ParseError, match=f"^opaque feature_flag must be 1 to 8 bytes, {message}$"):
+        parse_gpu_report(_with_opaque(opaque_item(OpaqueFieldId.FEATURE_FLAG, bytes(size))))
 
 
 def test_length_comes_from_decoding(raw: bytes) -> None:

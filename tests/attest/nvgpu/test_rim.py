@@ -170,6 +170,7 @@ def test_real_report_matches_its_rims(
         "gpu-signature",
         "gpu-fwid",
         "gpu-nonce",
+        "gpu-topology",
         "gpu-rim-signature",
         "gpu-rim-signature",
         "gpu-rim-version",
@@ -183,6 +184,7 @@ def test_real_report_matches_its_rims(
     # The captured H100 reports NVDEC0 disabled (0x55), so block 36 is not compared (nvtrust).
     assert report.opaque.nvdec0_status == NVDEC_STATUS_DISABLED
     assert details["gpu-rim"] == "63 active measurements match (block 36 skipped: NVDEC0 disabled)"
+    assert verified.measurements_matched == "the RIMs driver.swidtag, vbios.swidtag"
 
 
 def test_any_alternative_matches(

@@ -83,7 +83,7 @@ def test_rims_match(
     code, output = _run(app, vectors, *_files(tmp_path, report, signer), "--json")
     assert code == 0, output
     checks = json.loads(output)["checks"]
-    assert [c["name"] for c in checks][5:] == [
+    assert [c["name"] for c in checks][6:] == [
         "gpu-rim-signature",
         "gpu-rim-signature",
         "gpu-rim-version",
@@ -91,7 +91,13 @@ def test_rims_match(
         "gpu-rim",
         "gpu-cc",
     ]
-    assert checks[5]["detail"].startswith("driver.swidtag: 550.90.07, signed by")
+    assert checks[6]["detail"].startswith("driver.swidtag: 550.90.07, signed by")
+    # Every active measurement matched the RIMs: only now is the CC state established.
+    assert {c["status"] for c in checks} == {"pass"}
+    assert checks[-1]["detail"] == (
+        "CC state established: every active measurement matches "
+        "the RIMs driver.swidtag, vbios.swidtag"
+    )
 
 
 def test_measurement_mismatch_exit_4(

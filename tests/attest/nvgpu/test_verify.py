@@ -18,8 +18,10 @@ from attest.nvgpu import (
     pinned_nvidia_roots,
     verify_gpu_report,
 )
+from attest.nvgpu._simulated import SIMULATED_DRIVER_VERSION, SIMULATED_VBIOS
 from attest.nvgpu.abi import REQUEST_SIZE, RSP_RECORD, OpaqueFieldId
 from attest.nvgpu.sim import build_evidence, measurement_block, opaque_item
+from attest.nvgpu.verify import NONCE_NOT_CHECKED
 
 from .fake_rim import FakeRimSigner, rim_pair, unsigned_rim
 
@@ -65,8 +67,16 @@ def test_real_report_verifies(report: GpuReport, chain: list[x509.Certificate]) 
         "gpu-signature",
         "gpu-fwid",
         "gpu-nonce",
+        "gpu-topology",
     ]
     assert verified.report is report
+    assert verified.not_checked == ()
+    # This firmware predates FEATURE_FLAG; nothing compared the measurements, so nothing
+    # established the CC state either.
+    assert dict(verified.checks)["gpu-topology"] == (
+        "legacy: no FEATURE_FLAG (firmware predates it), verified as a single GPU"
+    )
+    assert verified.measurements_matched is None
 
 
 def _signed_rims(
@@ -166,9 +176,21 @@ def test_wrong_nonce(report: GpuReport, chain: list[x509.Certificate]) -> None:
     assert err.value.check == "gpu-nonce"
 
 
-def test_no_nonce_is_recorded_as_skipped(report: GpuReport, chain: list[x509.Certificate]) -> None:
+def test_no_expected_nonce_is_not_checked_never_passed(
+    report: GpuReport, chain: list[x509.Certificate]
+) -> None:
     verified = verify_gpu_report(report, chain, nonce=None, now=NOW)
-    assert ("gpu-nonce", "skipped: no expected nonce given") in verified.checks
+    assert "gpu-nonce" not in dict(verified.checks)
+    assert verified.not_checked == (("gpu-nonce", NONCE_NOT_CHECKED),)
+    assert NONCE_NOT_CHECKED.startswith("not checked:")
+
+
+def test_a_missing_nonce_fails_where_one_is_expected(
+    report: GpuReport, chain: list[x509.Certificate]
+) -> None:
+    with pytest.raises(VerificationError, match="differs from expected") as err:
+        verify_gpu_report(report, chain, nonce=b"", now=NOW)
+    assert err.value.check == "gpu-nonce"
 
 
 @pytest.mark.parametrize(
@@ -209,16 +231,30 @@ def test_simulated_evidence_verifies_only_with_its_root(sim: SimulatedGpu) -> No
     report = parse_gpu_report(sim.evidence(nonce))
     chain = load_gpu_chain(sim.chain_pem())
     verified = verify_gpu_report(report, chain, nonce=nonce, roots=[sim.root_certificate()])
-    assert verified.report.cc_enabled is True and report.cc_mode == "SPT"
+    assert report.topology_mode == "SPT"
+    assert verified.measurements_matched == "the SIMULATED reference values"
+    assert dict(verified.checks)["gpu-sim-measurements"] == (
+        "8 blocks match the SIMULATED reference values (no NVIDIA RIM exists)"
+    )
     with pytest.raises(VerificationError) as err:
         verify_gpu_report(report, chain, nonce=nonce)
     assert err.value.check == "gpu-chain"
     assert "SIMULATED" in sim.root_certificate().subject.rfc4514_string()
 
 
-def test_simulated_cc_off(sim: SimulatedGpu) -> None:
+def test_simulated_cc_off_shows_in_the_measurements_not_the_flag(sim: SimulatedGpu) -> None:
     report = parse_gpu_report(sim.evidence(bytes(32), cc_enabled=False))
-    assert report.cc_enabled is False
+    # Same topology flag as a GPU in CC mode: the flag cannot tell them apart.
+    assert report.topology_mode == "SPT"
+    assert report.cc_enabled is True  # the deprecated name reads the flag, nothing more
+    chain = load_gpu_chain(sim.chain_pem())
+    with pytest.raises(VerificationError) as err:
+        verify_gpu_report(report, chain, nonce=bytes(32), roots=[sim.root])
+    assert err.value.check == "gpu-sim-measurements"
+    assert err.value.detail == (
+        "SIMULATED GPU block(s) 8 differ from the simulation's reference values, as a GPU "
+        "outside confidential-computing mode (CC off or DevTools) measures"
+    )
 
 
 def test_sim_load_round_trip(sim: SimulatedGpu, tmp_path: Path) -> None:
@@ -275,3 +311,108 @@ def test_warm_verify_time(report: GpuReport, chain: list[x509.Certificate]) -> N
         verify_gpu_report(report, chain, nonce=NONCE, now=NOW)
     per_call = (time.perf_counter() - start) / 20
     assert per_call < 0.25, per_call
+
+
+# --- topology (FEATURE_FLAG) and SIMULATED reference values: one field per row ------------------
+
+
+@pytest.mark.parametrize(
+    ("topology", "detail"),
+    [
+        (None, "legacy: no FEATURE_FLAG (firmware predates it), verified as a single GPU"),
+        (0, "SPT (single GPU passthrough)"),
+        (1, "MPT (multi-GPU passthrough), each GPU verified on its own"),
+    ],
+)
+def test_topologies_verified_gpu_by_gpu(
+    sim: SimulatedGpu, topology: int | None, detail: str
+) -> None:
+    report = parse_gpu_report(sim.evidence(NONCE, topology=topology))
+    verified = verify_gpu_report(
+        report, load_gpu_chain(sim.chain_pem()), nonce=NONCE, roots=[sim.root]
+    )
+    assert dict(verified.checks)["gpu-topology"] == detail
+
+
+@pytest.mark.parametrize(
+    ("topology", "message"),
+    [
+        (2, r"^gpu-topology: FEATURE_FLAG is PPCIE \(protected PCIe\): NVLink traffic is not "),
+        (3, r"^gpu-topology: FEATURE_FLAG 3 is no topology mode \(SPT=0, MPT=1, PPCIE=2\)$"),
+        (0xFF, r"^gpu-topology: FEATURE_FLAG 255 is no topology mode"),
+    ],
+)
+def test_topologies_refused(sim: SimulatedGpu, topology: int, message: str) -> None:
+    report = parse_gpu_report(sim.evidence(NONCE, topology=topology))
+    with pytest.raises(VerificationError, match=message) as err:
+        verify_gpu_report(report, load_gpu_chain(sim.chain_pem()), nonce=NONCE, roots=[sim.root])
+    assert err.value.check == "gpu-topology"
+
+
+def test_ppcie_needs_switch_evidence_this_verifier_lacks(sim: SimulatedGpu) -> None:
+    report = parse_gpu_report(sim.evidence(NONCE, topology=2))
+    with pytest.raises(VerificationError) as err:
+        verify_gpu_report(report, load_gpu_chain(sim.chain_pem()), nonce=NONCE, roots=[sim.root])
+    assert "NVSwitches are inside the trust boundary" in err.value.detail
+    assert err.value.hint == "run each GPU in CC mode (SPT or MPT)"
+
+
+def _simulated_with(sim: SimulatedGpu, blocks: dict[int, bytes]) -> GpuReport:
+    opaque = b"".join(
+        [
+            opaque_item(OpaqueFieldId.DRIVER_VERSION, SIMULATED_DRIVER_VERSION.encode() + b"\0"),
+            opaque_item(OpaqueFieldId.VBIOS_VERSION, SIMULATED_VBIOS),
+            opaque_item(OpaqueFieldId.FWID, sim.fwid),
+        ]
+    )
+    evidence = build_evidence(
+        sim.key,
+        nonce=NONCE,
+        blocks=[measurement_block(i, v) for i, v in blocks.items()],
+        opaque=opaque,
+        responder_nonce=bytes(32),
+    )
+    return parse_gpu_report(evidence)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({1: bytes(48)}, r"^gpu-sim-measurements: SIMULATED GPU block\(s\) 1 differ "),
+        ({8: None}, r"^gpu-sim-measurements: SIMULATED GPU reports blocks \[1, 2, 3, 4, 5, 6, 7\]"),
+        ({9: bytes(48)}, r"blocks \[1, 2, 3, 4, 5, 6, 7, 8, 9\], the simulation measures"),
+    ],
+)
+def test_simulated_measurement_rows(
+    sim: SimulatedGpu, change: dict[int, bytes | None], message: str
+) -> None:
+    blocks = parse_gpu_report(sim.evidence(NONCE)).measurements
+    for index, value in change.items():
+        if value is None:
+            del blocks[index]
+        else:
+            blocks[index] = value
+    report = _simulated_with(sim, blocks)
+    with pytest.raises(VerificationError, match=message) as err:
+        verify_gpu_report(report, load_gpu_chain(sim.chain_pem()), nonce=NONCE, roots=[sim.root])
+    assert err.value.check == "gpu-sim-measurements"
+
+
+def test_simulated_reference_is_selected_by_driver_version(sim: SimulatedGpu) -> None:
+    """Evidence that does not say it is SIMULATED is not held to the simulation's values, and its
+    measurements count as not compared."""
+    opaque = opaque_item(OpaqueFieldId.DRIVER_VERSION, b"550.90.07\0") + opaque_item(
+        OpaqueFieldId.VBIOS_VERSION, SIMULATED_VBIOS
+    )
+    evidence = build_evidence(
+        sim.key,
+        nonce=NONCE,
+        blocks=[measurement_block(1, bytes(48))],
+        opaque=opaque + opaque_item(OpaqueFieldId.FWID, sim.fwid),
+        responder_nonce=bytes(32),
+    )
+    verified = verify_gpu_report(
+        parse_gpu_report(evidence), load_gpu_chain(sim.chain_pem()), nonce=NONCE, roots=[sim.root]
+    )
+    assert "gpu-sim-measurements" not in dict(verified.checks)
+    assert verified.measurements_matched is None
