@@ -63,6 +63,9 @@ __all__ = [
 ]
 
 MAX_BUNDLE_BYTES = 2 * 1024 * 1024
+BUSY_RETRY_S = 1.0
+"""How long to wait before asking a busy node (503 from /v1/attestation) once more: the
+gateway's ``retry-after``."""
 MAX_SSE_LINE = 1024 * 1024
 # A consistency proof is at most about 2 * log2(tree size) hashes: a few KiB for any real log.
 MAX_PROOF_BYTES = 64 * 1024
@@ -233,8 +236,30 @@ class Session:
     # -- verification ---------------------------------------------------------------------------
 
     async def fetch_bundle(self, nonce: bytes | None) -> Mapping[str, object]:
+        """The node's bundle for ``nonce``. A node busy producing evidence (503, its line of
+        waiting requests full) is asked once more after :data:`BUSY_RETRY_S`, with the same
+        nonce; a second 503 is a :class:`TransportError`."""
         params = {"nonce": nonce.hex()} if nonce is not None else None
-        raw = await self._get_bounded("/v1/attestation", params, MAX_BUNDLE_BYTES)
+        url = self.url + "/v1/attestation"
+        try:
+            status, raw = await get_bounded(
+                self._http, url, MAX_BUNDLE_BYTES, params=params, statuses=(200, 503)
+            )
+            if status == 503:
+                await asyncio.sleep(BUSY_RETRY_S)
+                status, raw = await get_bounded(
+                    self._http, url, MAX_BUNDLE_BYTES, params=params, statuses=(200, 503)
+                )
+        except httpx.HTTPError as e:
+            raise TransportError(
+                f"cannot reach {self.url}: {type(e).__name__}",
+                hint="is the appliance up? `openpcc-appliance status`",
+            ) from e
+        if status == 503:
+            raise TransportError(
+                "GET /v1/attestation: HTTP 503 (the node is busy or cannot produce evidence)",
+                hint="try again shortly; `openpcc-appliance status` on the node tells which",
+            )
         try:
             bundle = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
