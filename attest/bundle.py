@@ -101,7 +101,6 @@ __all__ = [
     "TrustAnchors",
     "VerificationRun",
     "VerifiedNode",
-    "load_crl",
     "run_verification",
     "verify_bundle",
 ]
@@ -136,10 +135,11 @@ _SNP_CHECK_NAMES = {
     "chip_id": "tcb-consistency",
 }
 
-# verify_quote's checks, in the order it runs them, and the contract check each one belongs to.
 SNP_VMPL_FLOOR = (0,)
 """VMPLs a SEV-SNP report may come from when the policy names none: the appliance's guest runs
 at VMPL 0 (no SVSM); a report from a less privileged level is someone else's view of the VM."""
+
+# verify_quote's checks, in the order it runs them, and the contract check each one belongs to.
 _TDX_QUOTE_CHECKS = (
     "tdx-pck-chain",
     "tdx-qe-report-signature",
@@ -563,8 +563,7 @@ def _snp_checks(
         roots = trust.amd_roots
     try:
         certs = load_certificates(b.certs)
-        crl = _snp_crl_for(policy.snp_crls, certs)
-        verified = verify_report(report, certs, roots=list(roots), now=now, crl=crl)
+        verified = verify_report(report, certs, roots=list(roots), now=now, crls=policy.snp_crls)
     except ParseError as e:
         raise r.fail("cert-chain", e) from e
     except VerificationError as e:
@@ -611,36 +610,6 @@ def _snp_checks(
         product=verified.product,
         report=report,
     )
-
-
-def _snp_crl_for(crls: Sequence[bytes], certs: Sequence[x509.Certificate]) -> bytes | None:
-    """The policy's CRL issued by the bundle chain's top certificate (the ARK it claims).
-
-    Only a selection: verify_report then checks that CRL's issuer and signature against the
-    pinned root the chain really ends in. With CRLs given and none for this product's ARK, the
-    node is refused: the user asked for revocation to be checked.
-    """
-    if not crls or not certs:
-        return None
-    top = certs[-1].subject
-    for raw in crls:
-        if load_crl(raw).issuer == top:
-            return raw
-    raise VerificationError(
-        "crl",
-        f"no CRL in the policy is issued by {top.rfc4514_string()}",
-        hint="add that product's CRL (AMD KDS: /vcek/v1/<product>/crl) to [snp] crls",
-    )
-
-
-def load_crl(raw: bytes) -> x509.CertificateRevocationList:
-    """A CRL from PEM or DER bytes; :class:`ParseError` otherwise."""
-    try:
-        if b"-----BEGIN" in raw:
-            return x509.load_pem_x509_crl(raw)
-        return x509.load_der_x509_crl(raw)
-    except ValueError as e:
-        raise ParseError("not a CRL (PEM or DER)") from e
 
 
 def _no_simulation_root() -> VerificationError:
@@ -1005,7 +974,7 @@ def _check_gpus(
         if vendor == "nvidia":
             # Each physical GPU has its own device certificate: the same one twice is one GPU
             # counted twice (simulated GPUs share one generated identity, so only real ones).
-            leaf = load_gpu_chain(chain_pem.encode())[0].fingerprint(hashes.SHA256())
+            leaf = verified.leaf.fingerprint(hashes.SHA256())
             if leaf in seen:
                 raise VerificationError(
                     "gpu", f"GPU {i}: the same device certificate as an earlier GPU in the list"

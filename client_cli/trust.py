@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import hmac
 import os
 import tempfile
 import tomllib
@@ -44,11 +43,11 @@ from typing import Any
 from cryptography import x509
 
 from attest import tlog
-from attest.bundle import SKIPPABLE_CHECKS, ClientPolicy, TrustAnchors, load_crl
+from attest.bundle import SKIPPABLE_CHECKS, ClientPolicy, TrustAnchors
 from attest.errors import ParseError, VerificationError
 from attest.nvgpu import VerifiedRim, pinned_nvidia_roots, pinned_rim_roots, verify_rim
 from attest.sevsnp.validate import SnpPolicy
-from attest.sevsnp.verify import load_certificates, pinned_roots
+from attest.sevsnp.verify import load_certificates, load_crl, pinned_roots
 from attest.tdx.collateral import (
     QE_IDENTITY_FILE,
     TCB_INFO_FILE,
@@ -170,10 +169,11 @@ class FileCheckpointStore:
 
     Several processes may share the directory (``openpcc proxy`` and ``openpcc chat`` at once).
     A save is made under an exclusive lock on ``.lock`` in the directory: it re-reads what is
-    stored and never replaces a larger tree with a smaller one, and writes a unique temporary
-    file, fsynced, then renamed over the old one (the directory fsynced too). A reader therefore
-    sees the old note or the new one, whole, never a torn file, and a stored size never goes
-    backwards. Reads take no lock.
+    stored, replaces only what this store's :meth:`last` returned (see :meth:`save`), and writes
+    a unique temporary file, fsynced, then renamed over the old one (the directory fsynced too).
+    A reader therefore sees the old note or the new one, whole, never a torn file, and a stored
+    size never goes backwards. Reads take no lock. File-system failures are verification
+    failures of the transparency-log check (one line), never tracebacks.
     """
 
     LOCK_NAME = ".lock"
@@ -181,16 +181,27 @@ class FileCheckpointStore:
     def __init__(self, directory: Path, keys: list[tlog.VerifierKey]) -> None:
         self._dir = directory
         self._keys = keys
+        # What last() returned per origin: save() stores only over exactly that.
+        self._seen: dict[str, tuple[int, bytes] | None] = {}
 
     def _path(self, origin: str) -> Path:
         return self._dir / (hashlib.sha256(origin.encode()).hexdigest()[:32] + ".txt")
 
     def last(self, origin: str) -> tlog.Checkpoint | None:
+        cp = self._read(origin)
+        self._seen[origin] = None if cp is None else (cp.size, cp.root_hash)
+        return cp
+
+    def _read(self, origin: str) -> tlog.Checkpoint | None:
         path = self._path(origin)
-        if not path.exists():
-            return None
         try:
-            return tlog.open_checkpoint(path.read_text(), self._keys)
+            if not path.exists():
+                return None
+            text = path.read_text()
+        except OSError as e:
+            raise _store_error("read", path, e) from e
+        try:
+            return tlog.open_checkpoint(text, self._keys)
         except (ParseError, VerificationError) as e:
             raise VerificationError(
                 "transparency-log",
@@ -199,29 +210,43 @@ class FileCheckpointStore:
             ) from e
 
     def save(self, checkpoint: tlog.Checkpoint) -> None:
-        """Store ``checkpoint`` unless a larger tree of its log is stored already.
+        """Store ``checkpoint``, which the verifier proved consistent with what :meth:`last`
+        returned to it.
 
-        The verifier calls this after proving ``checkpoint`` consistent with what :meth:`last`
-        returned to it; another process may have stored a checkpoint since. A larger tree stored
-        since is kept (its writer proved it consistent, and the next verification is checked
-        against it); the same size with another root is a fork, refused. A smaller one stored
-        since is replaced: both extend the tree read before, though no proof links them here.
+        Another client process may have stored a checkpoint of the same log meanwhile. The same
+        one is fine; the same size with another root is a fork, refused; any other change means
+        the two were never proved consistent with each other, so the verification is refused
+        and must be run again (it then checks against the newer one). A stored tree never
+        shrinks and is never replaced by one not proved to extend it.
         """
-        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with self._locked():
-            stored = self.last(checkpoint.origin)
-            if stored is not None:
-                if stored.size > checkpoint.size:
+        origin = checkpoint.origin
+        path = self._path(origin)
+        try:
+            self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with self._locked():
+                stored = self._read(origin)
+                now = None if stored is None else (stored.size, stored.root_hash)
+                if stored is not None and now == (checkpoint.size, checkpoint.root_hash):
                     return
-                if stored.size == checkpoint.size:
-                    if hmac.compare_digest(stored.root_hash, checkpoint.root_hash):
-                        return
+                read = self._seen.get(origin)
+                if now != read:
+                    if stored is not None and stored.size == checkpoint.size:
+                        raise VerificationError(
+                            "transparency-log",
+                            f"log forked: a different root for size {checkpoint.size} than the "
+                            "one another client process stored (possible attack)",
+                        )
                     raise VerificationError(
                         "transparency-log",
-                        f"log forked: a different root for size {checkpoint.size} than the one "
-                        "another client process stored (possible attack)",
+                        "another client process stored a checkpoint of this log "
+                        f"(size {stored.size if stored else 0}) while this one was verified "
+                        f"against size {read[0] if read else 0}",
+                        hint="verify again: it is then checked against the newer checkpoint",
                     )
-            _replace_durably(self._path(checkpoint.origin), checkpoint.note)
+                _replace_durably(path, checkpoint.note)
+                self._seen[origin] = (checkpoint.size, checkpoint.root_hash)
+        except OSError as e:
+            raise _store_error("store", path, e) from e
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -231,6 +256,14 @@ class FileCheckpointStore:
             yield
         finally:
             os.close(fd)  # releases the lock
+
+
+def _store_error(what: str, path: Path, e: OSError) -> VerificationError:
+    return VerificationError(
+        "transparency-log",
+        f"cannot {what} the checkpoint {path}: {e.strerror or e}",
+        hint=f"check the permissions and free space of {path.parent}",
+    )
 
 
 def _replace_durably(path: Path, data: str) -> None:

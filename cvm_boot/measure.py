@@ -28,6 +28,7 @@ from sevsnpmeasure.ovmf import OVMF, SectionType
 from sevsnpmeasure.sev_mode import SevMode
 
 from attest.errors import ParseError, VerificationError
+from attest.tdx.validate import BOUND_RTMRS
 from cvm_boot.manifest import canonical_json, launch_inputs
 from cvm_boot.recipe import Artifact, Recipe
 
@@ -134,7 +135,7 @@ class TdxExpectation:
     def unbound(self) -> tuple[str, ...]:
         """Of RTMR0-2 (what a client requires bound), the ones this recipe does not pin."""
         pinned = {name for name, _ in self.rtmrs}
-        return tuple(n for n in ("rtmr0", "rtmr1", "rtmr2") if n not in pinned)
+        return tuple(n for n in BOUND_RTMRS if n not in pinned)
 
 
 TDX_REFERENCE_HINT = (

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import json
 import secrets
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ from datetime import datetime
 import httpx
 from cryptography import x509
 
+from attest import binding
 from attest.errors import ParseError, PolicyError, TransportError, VerificationError
 from attest.tdx import parse_quote
 from attest.tdx.verify import SIMULATED_TD_QE_MRSIGNER, verify_quote
@@ -111,13 +113,17 @@ def quote_from(data: bytes) -> bytes:
 
 
 def fetch_quote(url: str, *, timeout_s: float = 30.0) -> bytes:
-    """The quote in ``url``'s ``/v1/attestation`` bundle, asked for with a fresh nonce."""
+    """The quote in ``url``'s ``/v1/attestation`` bundle, fresh for a nonce of ours.
+
+    The bundle must echo the nonce and its quote's REPORTDATA must bind that bundle and nonce
+    (DESIGN section 3), so a stale or substituted quote is never taken as the reference.
+    """
     target = url.rstrip("/") + "/v1/attestation"
-    params = {"nonce": secrets.token_bytes(32).hex()}
+    nonce = secrets.token_bytes(32)
     try:
         with (
             httpx.Client(timeout=timeout_s) as client,
-            client.stream("GET", target, params=params) as r,
+            client.stream("GET", target, params={"nonce": nonce.hex()}) as r,
         ):
             if r.status_code != 200:
                 raise TransportError(f"GET {target}: HTTP {r.status_code}")
@@ -131,7 +137,27 @@ def fetch_quote(url: str, *, timeout_s: float = 30.0) -> bytes:
             f"GET {target}: {type(e).__name__}",
             hint="is the reference boot's gateway up? `openpcc-appliance status` shows its URL",
         ) from e
-    return quote_from(bytes(buf))
+    raw = bytes(buf)
+    quote = quote_from(raw)  # a JSON object with a TDX quote, or a ParseError
+    bundle = json.loads(raw)
+    if bundle.get("nonce") != nonce.hex():
+        raise VerificationError("report-data", "the node's bundle does not echo our nonce")
+    try:
+        expected = binding.report_data(
+            key_config=base64.b64decode(bundle["key_config"], validate=True),
+            gpus=bundle["gpus"],
+            manifest=bundle["manifest"],
+            nonce=nonce,
+        )
+    except (KeyError, TypeError, ValueError, binascii.Error) as e:
+        raise ParseError("the attestation bundle lacks a key_config, gpus or manifest") from e
+    if not hmac.compare_digest(parse_quote(quote).body.report_data, expected):
+        raise VerificationError(
+            "report-data",
+            "the quote's REPORTDATA does not bind this bundle and our nonce: not a fresh quote "
+            "of this node",
+        )
+    return quote
 
 
 def reference_values(

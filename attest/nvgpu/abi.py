@@ -236,20 +236,6 @@ class GpuReport:
         carries no FEATURE_FLAG (firmware that predates it, such as the captured H100 report)."""
         return _topology_name(self.opaque.feature_flag)
 
-    @property
-    def cc_enabled(self) -> bool | None:
-        """DEPRECATED, and not the CC state despite its name: True when FEATURE_FLAG names a
-        known topology mode, False for another value, None when absent.
-
-        Kept only until ``attest/bundle.py`` and the dashboard move to :attr:`topology_mode` and
-        :func:`attest.nvgpu.validate.gpu_cc_state`. The flag has no value for CC off or DevTools;
-        only measurements compared with reference values establish the CC state.
-        """
-        flag = self.opaque.feature_flag
-        if flag is None:
-            return None
-        return flag in TOPOLOGY_MODES
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "spdm_version": f"{self.spdm_version >> 4}.{self.spdm_version & 0xF}",

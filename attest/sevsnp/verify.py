@@ -280,6 +280,7 @@ def verify_report(
     roots: Sequence[x509.Certificate] | None = None,
     now: datetime | None = None,
     crl: bytes | None = None,
+    crls: Sequence[bytes] = (),
     fetcher: Callable[[str], bytes] | None = None,
     product: str | None = None,
     on_check: Callable[[str, str], None] | None = None,
@@ -291,6 +292,8 @@ def verify_report(
     only when no signing certificate is supplied (VCEK from AMD's KDS; see ``attest.sevsnp.kds``).
     ``product`` is a hint for that fetch when the report (v2) carries no CPUID. ``on_check(name,
     detail)`` is told of each check as it passes. Raises ``VerificationError`` naming the check.
+    ``crl`` is one CRL that must be the chain's root's; ``crls`` is a set (one per product) from
+    which the one the pinned root issued is used (given any, the chain must have one).
     """
     at = _now(now)
     passed: list[tuple[str, str]] = []
@@ -416,6 +419,15 @@ def verify_report(
 
     if crl is not None:
         ok("crl", _check_crl(crl, chain, root, at))
+    elif crls:
+        mine = [c for c in crls if load_crl(c, check="crl").issuer == root.subject]
+        if not mine:
+            raise VerificationError(
+                "crl",
+                f"no CRL given is issued by {_cn(root.subject)!r}, the root this chain ends in",
+                hint="add that product's CRL (AMD KDS: /vcek/v1/<product>/crl)",
+            )
+        ok("crl", _check_crl(mine[0], chain, root, at))
 
     cert_tcb = _cert_tcb(signing, chain_product)
     reported = TcbVersion.decode(report.reported_tcb, chain_product)
@@ -456,12 +468,7 @@ def verify_report(
 def _check_crl(
     data: bytes, chain: Sequence[x509.Certificate], root: x509.Certificate, at: datetime
 ) -> str:
-    try:
-        crl = (
-            x509.load_pem_x509_crl(data) if b"-----BEGIN" in data else x509.load_der_x509_crl(data)
-        )
-    except ValueError as exc:
-        raise VerificationError("crl", f"cannot parse CRL: {exc}") from exc
+    crl = load_crl(data, check="crl")
     if crl.issuer != root.subject:
         raise VerificationError(
             "crl", f"CRL issuer {_cn(crl.issuer)!r} is not {_cn(root.subject)!r}"
@@ -480,7 +487,23 @@ def _check_crl(
             raise VerificationError(
                 "crl", f"{_cn(cert.subject)!r} (serial {cert.serial_number}) is revoked"
             )
-    return f"not revoked per CRL of {crl.last_update_utc.date().isoformat()}"
+    stale = ""
+    if crl.next_update_utc is not None and crl.next_update_utc < at:
+        stale = f" (STALE: its next update was due {crl.next_update_utc.date().isoformat()})"
+    return f"not revoked per CRL of {crl.last_update_utc.date().isoformat()}{stale}"
+
+
+def load_crl(data: bytes, *, check: str | None = None) -> x509.CertificateRevocationList:
+    """A CRL from PEM or DER bytes. Unparsable: :class:`ParseError`, or, with ``check``, a
+    :class:`VerificationError` naming that check (a CRL given to a verification run)."""
+    try:
+        if b"-----BEGIN" in data:
+            return x509.load_pem_x509_crl(data)
+        return x509.load_der_x509_crl(data)
+    except ValueError as exc:
+        if check is not None:
+            raise VerificationError(check, f"cannot parse CRL: {exc}") from exc
+        raise ParseError("not a CRL (PEM or DER)") from exc
 
 
 def _fetch_vcek(

@@ -211,7 +211,11 @@ def run_quote_checks(
             "QE report is not from Intel's TD Quoting Enclave: " + "; ".join(problems),
         )
     record.append(
-        ("tdx-qe-identity-floor", f"TD QE (MRSIGNER {qe.mrsigner.hex()[:16]}…, ISVPRODID 2)")
+        (
+            "tdx-qe-identity-floor",
+            f"TD QE (MRSIGNER {qe.mrsigner.hex()[:16]}…, ISVPRODID 2; its SVN is judged only "
+            "with collateral)",
+        )
     )
 
     key = _attestation_key(quote.attestation_key)

@@ -1,7 +1,8 @@
 """The checkpoint store under several writers: the stored tree never shrinks, a file is never torn.
 
 ``openpcc proxy`` and ``openpcc chat`` may share one store; each verified a checkpoint against what
-it read earlier, so the store itself must refuse to go backwards when they save out of order.
+it read earlier (``last``), so the store replaces only exactly that: a checkpoint stored by another
+process meanwhile was never proved consistent with this one, and that verification must be redone.
 """
 
 from __future__ import annotations
@@ -67,16 +68,20 @@ def _leftovers(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if p.name.endswith(".tmp"))
 
 
-def test_two_stores_saving_out_of_order_keep_the_larger(
+def test_a_save_over_a_checkpoint_stored_meanwhile_is_refused(
     tmp_path: Path, checkpoints: dict[str, object]
 ) -> None:
     proxy, chat = _store(tmp_path, checkpoints), _store(tmp_path, checkpoints)
     cp3, cp5, cp7 = (_cp(checkpoints, n) for n in (3, 5, 7))
-    # Both read nothing (or size 3), verified, then saved in the other order.
+    # Both read nothing, verified, then saved: the second never saw the first's checkpoint.
+    assert proxy.last(cp5.origin) is None and chat.last(cp3.origin) is None
     proxy.save(cp5)
-    chat.save(cp3)
-    assert _stored_size(_store(tmp_path, checkpoints), cp5.origin) == 5
-    assert proxy.last(cp5.origin) == cp5
+    with pytest.raises(VerificationError, match="another client process stored") as info:
+        chat.save(cp3)
+    assert info.value.check == "transparency-log" and "verify again" in info.value.hint
+    assert _stored_size(_store(tmp_path, checkpoints), cp5.origin) == 5  # never shrinks
+    # Verified again, against what is stored now: saved.
+    assert chat.last(cp7.origin) == cp5
     chat.save(cp7)
     assert _stored_size(proxy, cp7.origin) == 7
     chat.save(cp7)  # the same again: nothing changes
@@ -111,8 +116,9 @@ def test_a_crash_between_write_and_replace_leaves_the_old_file(
         raise OSError("simulated crash before the rename")
 
     monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError, match="simulated crash"):
+    with pytest.raises(VerificationError, match="cannot store the checkpoint") as info:
         store.save(cp5)
+    assert "simulated crash" in str(info.value) and "free space" in info.value.hint
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert store.last(cp3.origin) == cp3
@@ -137,7 +143,12 @@ def test_a_save_waits_for_the_lock_another_process_holds(
     fd = os.open(tmp_path / FileCheckpointStore.LOCK_NAME, os.O_RDWR)
     fcntl.flock(fd, fcntl.LOCK_EX)
     done = threading.Event()
-    writer = threading.Thread(target=lambda: (store.save(_cp(checkpoints, 4)), done.set()))
+
+    def save_four() -> None:
+        store.save(_cp(checkpoints, 4))
+        done.set()
+
+    writer = threading.Thread(target=save_four)
     try:
         writer.start()
         assert not done.wait(0.3)
@@ -154,6 +165,7 @@ def test_concurrent_saves_from_threads_do_not_corrupt(
 ) -> None:
     origin = _cp(checkpoints, 1).origin
     errors: list[BaseException] = []
+    retries: list[int] = []
     seen: list[list[int]] = [[], []]
     stop = threading.Event()
 
@@ -164,7 +176,15 @@ def test_concurrent_saves_from_threads_do_not_corrupt(
         rng.shuffle(order)
         try:
             for n in order:
-                store.save(_cp(checkpoints, n))
+                # As the verifier does: read, (prove n consistent with it), save; when another
+                # writer stored meanwhile, verify again against that.
+                while (size := _stored_size(store, origin) or 0) < n:
+                    try:
+                        store.save(_cp(checkpoints, n))
+                    except VerificationError as e:
+                        if "another client process stored" not in str(e):
+                            raise
+                        retries.append(size)
         except BaseException as e:  # reported below, with the thread's failure
             errors.append(e)
 
@@ -193,3 +213,17 @@ def test_concurrent_saves_from_threads_do_not_corrupt(
     for sizes in seen:
         assert sizes == sorted(sizes)
     assert _leftovers(tmp_path) == []
+
+
+def test_file_system_failures_are_one_line_verification_errors(
+    tmp_path: Path, checkpoints: dict[str, object]
+) -> None:
+    store = _store(tmp_path, checkpoints)
+    cp = _cp(checkpoints, 1)
+    store.save(cp)
+    [path] = [p for p in tmp_path.iterdir() if p.suffix == ".txt"]
+    path.unlink()
+    path.mkdir()  # reading it now fails in the OS, not in the parser
+    with pytest.raises(VerificationError, match="cannot read the checkpoint") as info:
+        store.last(cp.origin)
+    assert info.value.check == "transparency-log" and "\n" not in str(info.value)

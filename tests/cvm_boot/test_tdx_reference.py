@@ -225,3 +225,78 @@ def test_measure_and_release_warn_while_rtmrs_are_unpinned(
     recipe.write_text(pinned)
     result = runner.invoke(app, ["measure", str(recipe), "--json"])
     assert json.loads(result.stdout)["unpinned_rtmrs"] == []
+
+
+# -- fetching from a live node: fresh for our nonce, bound to its bundle ------------------------
+
+
+class _Node:
+    """FAKE NODE: serves /v1/attestation from a thread; ``mode`` breaks one thing."""
+
+    def __init__(self, signer: SimulatedTdxSigner, mode: str = "good") -> None:
+        import http.server
+        import threading
+        from urllib.parse import parse_qs, urlparse
+
+        from attest import binding
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                nonce_hex = parse_qs(urlparse(self.path).query)["nonce"][0]
+                nonce = bytes.fromhex(nonce_hex)
+                manifest = {"measurement": MRTD.hex()}
+                bundle: dict[str, object] = {
+                    "tee": "sim-tdx",
+                    "key_config": base64.b64encode(b"key config").decode(),
+                    "gpus": [],
+                    "manifest": manifest,
+                    "nonce": nonce_hex if mode != "no-echo" else None,
+                }
+                bound = nonce if mode != "stale" else bytes(32)
+                rd = binding.report_data(
+                    key_config=b"key config",
+                    gpus=[],
+                    manifest=manifest,
+                    nonce=bound,
+                )
+                quote = signer.sign(report_data=rd, mrtd=MRTD, rtmrs=RTMRS)
+                bundle["report"] = base64.b64encode(quote).decode()
+                body = json.dumps(bundle).encode()
+                self.send_response(200)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                return
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("mode", "says"),
+    [("good", None), ("no-echo", "does not echo our nonce"), ("stale", "not a fresh quote")],
+)
+def test_fetch_quote_takes_only_a_fresh_bound_quote(
+    signer: SimulatedTdxSigner, mode: str, says: str | None
+) -> None:
+    from cvm_boot.tdx_reference import fetch_quote
+
+    node = _Node(signer, mode)
+    try:
+        if says is None:
+            quote = fetch_quote(node.url, timeout_s=5.0)
+            ref = reference_values(quote, simulation_roots=[signer.root_certificate()])
+            assert ref.rtmrs == RTMRS
+        else:
+            with pytest.raises(VerificationError, match=says):
+                fetch_quote(node.url, timeout_s=5.0)
+    finally:
+        node.close()

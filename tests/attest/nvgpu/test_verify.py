@@ -246,7 +246,6 @@ def test_simulated_cc_off_shows_in_the_measurements_not_the_flag(sim: SimulatedG
     report = parse_gpu_report(sim.evidence(bytes(32), cc_enabled=False))
     # Same topology flag as a GPU in CC mode: the flag cannot tell them apart.
     assert report.topology_mode == "SPT"
-    assert report.cc_enabled is True  # the deprecated name reads the flag, nothing more
     chain = load_gpu_chain(sim.chain_pem())
     with pytest.raises(VerificationError) as err:
         verify_gpu_report(report, chain, nonce=bytes(32), roots=[sim.root])

@@ -243,3 +243,48 @@ def test_on_check_callback(milan_v2_raw: bytes, milan_v2_vcek: list[x509.Certifi
         on_check=lambda n, d: seen.append(n),
     )
     assert seen == ["signature", "chain", "product", "validity", "tcb", "chip_id"]
+
+
+def _unsigned_crl_named(issuer: x509.Name) -> bytes:
+    """A CRL claiming ``issuer`` but signed by a throwaway key (selection is by issuer only)."""
+    from datetime import timedelta
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer)
+        .last_update(REAL_NOW - timedelta(days=1))
+        .next_update(REAL_NOW + timedelta(days=30))
+        .sign(key, hashes.SHA384())
+    )
+    return crl.public_bytes(serialization.Encoding.DER)
+
+
+def test_crls_are_picked_by_the_pinned_root_even_for_a_vcek_only_chain(
+    milan_v2_raw: bytes, milan_v2_vcek: list[x509.Certificate], sim: SimulatedSnpSigner
+) -> None:
+    """Real nodes often send the VCEK alone: the CRL is chosen after the chain reached its
+    pinned ARK, never from what the bundle's last certificate claims."""
+    report = parse_report(milan_v2_raw)
+    (ark,) = [r for r in pinned_roots() if "Milan" in r.subject.rfc4514_string()]
+    # Another product's CRL only: this chain has none to be checked against.
+    with pytest.raises(VerificationError, match="no CRL given is issued by 'ARK-Milan'") as info:
+        verify_report(report, milan_v2_vcek, now=REAL_NOW, crls=[sim.crl()])
+    assert info.value.check == "crl"
+    # One naming ARK-Milan is selected, and then must really be ARK-Milan's.
+    forged = _unsigned_crl_named(ark.subject)
+    with pytest.raises(VerificationError) as info:
+        verify_report(report, milan_v2_vcek, now=REAL_NOW, crls=[sim.crl(), forged])
+    assert info.value.check == "crl" and "no CRL given" not in info.value.detail
+
+
+def test_a_stale_crl_is_used_and_said_to_be_stale(sim: SimulatedSnpSigner) -> None:
+    from datetime import timedelta
+
+    report = parse_report(sim.sign(report_data=RD, measurement=MEAS))
+    old = sim.crl(now=datetime.now(UTC) - timedelta(days=60))
+    v = verify_report(report, sim.certificates(), roots=[sim.ark_certificate()], crls=[old])
+    assert "(STALE: its next update was due" in dict(v.checks)["crl"]
