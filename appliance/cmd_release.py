@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from cryptography import x509
 from rich.console import Console
 
 from attest.errors import OpenPCCError, ParseError, exit_code_for
+from attest.pemfile import read_pem_certificates
 from attest.tlog import leaf_hash
 from cvm_boot.manifest import build_manifest, canonical_json
 from cvm_boot.measure import TDX_REFERENCE_HINT, expected_measurement, tdx_expectations
@@ -178,7 +178,11 @@ def tdx_reference(
                 hint="openpcc-appliance tdx-reference --url http://127.0.0.1:8443",
             )
         parsed = load_recipe(recipe) if recipe is not None else None
-        roots = _pem_roots(simulated_root) if simulated_root is not None else None
+        roots = (
+            read_pem_certificates(simulated_root, "--simulated-root")
+            if simulated_root is not None
+            else None
+        )
         if source is not None:
             try:
                 raw = source.read_bytes()
@@ -195,13 +199,3 @@ def tdx_reference(
         typer.echo(json.dumps(ref.to_dict(), sort_keys=True))
     else:
         typer.echo(ref.toml(), nl=False)
-
-
-def _pem_roots(path: Path) -> list[x509.Certificate]:
-    try:
-        roots = x509.load_pem_x509_certificates(path.read_bytes())
-    except OSError as e:
-        raise ParseError(f"cannot read --simulated-root {path}: {e.strerror or e}") from e
-    except ValueError as e:
-        raise ParseError(f"--simulated-root {path} holds no PEM certificate") from e
-    return roots

@@ -46,6 +46,7 @@ from attest import tlog
 from attest.bundle import SKIPPABLE_CHECKS, ClientPolicy, TrustAnchors
 from attest.errors import ParseError, VerificationError
 from attest.nvgpu import VerifiedRim, pinned_nvidia_roots, pinned_rim_roots, verify_rim
+from attest.pemfile import read_pem_certificates
 from attest.sevsnp.validate import SnpPolicy
 from attest.sevsnp.verify import load_certificates, load_crl, pinned_roots
 from attest.tdx.collateral import (
@@ -489,11 +490,9 @@ def _load_snp_crl(path: Path, bad: _Bad) -> bytes:
 
 def _load_rim_root(path: Path, bad: _Bad) -> list[x509.Certificate]:
     try:
-        return x509.load_pem_x509_certificates(path.read_bytes())
-    except OSError as e:
-        raise bad(f"[gpu] rim_root: cannot read {path}: {e.strerror or e}") from e
-    except ValueError as e:
-        raise bad(f"[gpu] rim_root {path} is not PEM certificates") from e
+        return read_pem_certificates(path, "[gpu] rim_root")
+    except ParseError as e:
+        raise bad(str(e)) from e
 
 
 def _load_rim(path: Path, label: str, roots: list[x509.Certificate], bad: _Bad) -> VerifiedRim:

@@ -29,6 +29,7 @@ from attest.errors import OpenPCCError, ParseError, PolicyError, VerificationErr
 from attest.nvgpu.abi import NONCE_SIZE, parse_gpu_report
 from attest.nvgpu.validate import gpu_cc_state
 from attest.nvgpu.verify import load_gpu_chain, run_gpu_checks
+from attest.pemfile import read_pem_certificates
 from attest.tdx.abi import parse_quote
 from attest.tdx.collateral import (
     COLLATERAL_FILES,
@@ -152,13 +153,7 @@ def _read_rims(paths: list[Path]) -> dict[str, bytes]:
 
 
 def _read_rim_root(path: Path) -> list[x509.Certificate]:
-    try:
-        roots = x509.load_pem_x509_certificates(path.read_bytes())
-    except OSError as exc:
-        raise ParseError(f"cannot read RIM root {path}: {exc.strerror or exc}") from exc
-    except ValueError as exc:
-        raise ParseError(f"RIM root {path} is not PEM certificates: {exc}") from exc
-    return roots
+    return read_pem_certificates(path, "RIM root")
 
 
 def verify_gpu(
