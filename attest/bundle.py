@@ -85,7 +85,7 @@ from attest.nvgpu import (
 from attest.sevsnp.abi import Report, parse_report
 from attest.sevsnp.validate import SnpPolicy, validate_report
 from attest.sevsnp.verify import load_certificates, verify_report
-from attest.tdx.abi import MR_SIZE, Quote, parse_quote
+from attest.tdx.abi import MR_SIZE, Quote, parse_quote, parse_register
 from attest.tdx.collateral import TcbEvaluation, TdxCollateral, evaluate_collateral
 from attest.tdx.validate import BOUND_RTMRS, TdxPolicy, validate_quote
 from attest.tdx.verify import INTEL_TD_QE_MRSIGNER, SIMULATED_TD_QE_MRSIGNER, verify_quote
@@ -760,7 +760,7 @@ def _tdx_measurement(
     for name in _TDX_MANIFEST_REGISTERS:
         if name not in pins:
             continue
-        want = _hex_register(pins[name])
+        want = parse_register(pins[name])
         if want is None:
             raise failed(f"manifest tdx.{name} is not {MR_SIZE} bytes of hex")
         if not hmac.compare_digest(want, registers[name]):
@@ -789,16 +789,6 @@ def _tdx_measurement(
             "kernel, initrd and command line not compared"
         )
     r.passed("measurement", "; ".join(parts))
-
-
-def _hex_register(value: object) -> bytes | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        raw = bytes.fromhex(value)
-    except ValueError:
-        return None
-    return raw if len(raw) == MR_SIZE else None
 
 
 def _as_check(name: str, e: OpenPCCError) -> VerificationError:

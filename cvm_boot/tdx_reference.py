@@ -91,12 +91,20 @@ def quote_from(data: bytes) -> bytes:
         raise ParseError(f"the quote source is larger than {MAX_SOURCE_BYTES} bytes")
     if not data.lstrip().startswith(b"{"):
         return data
+    return _bundle_quote(_bundle(data))
+
+
+def _bundle(data: bytes) -> dict[str, object]:
     try:
         bundle = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ParseError("the quote source looks like JSON but does not parse") from e
     if not isinstance(bundle, dict):
         raise ParseError("the attestation bundle is not a JSON object")
+    return bundle
+
+
+def _bundle_quote(bundle: dict[str, object]) -> bytes:
     tee = bundle.get("tee")
     if tee not in _TDX_BUNDLE_TEES:
         raise ParseError(
@@ -137,20 +145,25 @@ def fetch_quote(url: str, *, timeout_s: float = 30.0) -> bytes:
             f"GET {target}: {type(e).__name__}",
             hint="is the reference boot's gateway up? `openpcc-appliance status` shows its URL",
         ) from e
-    raw = bytes(buf)
-    quote = quote_from(raw)  # a JSON object with a TDX quote, or a ParseError
-    bundle = json.loads(raw)
+    bundle = _bundle(bytes(buf))
+    quote = _bundle_quote(bundle)
     if bundle.get("nonce") != nonce.hex():
         raise VerificationError("report-data", "the node's bundle does not echo our nonce")
+    key_config, gpus, manifest = (bundle.get(k) for k in ("key_config", "gpus", "manifest"))
+    if (
+        not isinstance(key_config, str)
+        or not isinstance(gpus, list)
+        or not all(isinstance(g, dict) for g in gpus)
+        or not isinstance(manifest, dict)
+    ):
+        raise ParseError("the attestation bundle lacks a key_config, gpus or manifest")
     try:
-        expected = binding.report_data(
-            key_config=base64.b64decode(bundle["key_config"], validate=True),
-            gpus=bundle["gpus"],
-            manifest=bundle["manifest"],
-            nonce=nonce,
-        )
-    except (KeyError, TypeError, ValueError, binascii.Error) as e:
-        raise ParseError("the attestation bundle lacks a key_config, gpus or manifest") from e
+        raw_key_config = base64.b64decode(key_config, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ParseError("the attestation bundle's key_config is not base64") from e
+    expected = binding.report_data(
+        key_config=raw_key_config, gpus=gpus, manifest=manifest, nonce=nonce
+    )
     if not hmac.compare_digest(parse_quote(quote).body.report_data, expected):
         raise VerificationError(
             "report-data",

@@ -31,7 +31,7 @@ from attest.errors import OpenPCCError, TransportError
 from attest.nvgpu import SimulatedGpu
 from attest.sevsnp.configfs import collect_report
 from attest.sevsnp.sim import SimulatedSnpSigner
-from attest.tdx.abi import parse_quote
+from attest.tdx.abi import parse_quote, parse_register
 from attest.tdx.configfs import REPORT_ROOT, TsmClient, collect_tdx_quote
 from attest.tdx.sim import SimulatedTdxSigner
 from server.keys import KeyRing
@@ -152,11 +152,8 @@ def simulated_td_registers(manifest: Mapping[str, object]) -> tuple[bytes, ...]:
         if value is None:
             out.append(bytes(48))
             continue
-        try:
-            raw = bytes.fromhex(value) if isinstance(value, str) else b""
-        except ValueError:
-            raw = b""
-        if len(raw) != 48:
+        raw = parse_register(value)
+        if raw is None:
             raise OpenPCCError(f"manifest tdx.rtmr{i} is not 48 bytes of hex")
         out.append(raw)
     return tuple(out)

@@ -365,3 +365,14 @@ def parse_quote(data: bytes) -> Quote:
         pck_chain_pem=pck_pem,
         pck_chain=pck_chain,
     )
+
+
+def parse_register(value: object) -> bytes | None:
+    """A 48-byte TD register written as hex (a manifest's ``tdx`` pins); None otherwise."""
+    if not isinstance(value, str):
+        return None
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        return None
+    return raw if len(raw) == MR_SIZE else None
