@@ -40,10 +40,12 @@ Reference values. Two vendor-signed inputs the client supplies tighten checks 4,
 policy carries them, and change nothing when it does not:
 
 - ``ClientPolicy.tdx_collateral``, Intel PCS collateral (TCB info, QE identity, their signing
-  chain). Check 4 evaluates the platform's TCB level with it (:func:`evaluate_collateral`; a
-  Revoked TCB always fails) and its detail gives the status and advisory IDs; check 5 applies
-  ``TdxPolicy.accepted_tcb_statuses``. Without collateral the TCB level is not evaluated (the
-  detail says so), and ``require_collateral`` makes that a check-5 failure.
+  chain, and optionally the PCK and Root CA CRLs). Check 4 evaluates the platform's TCB level
+  with it (:func:`evaluate_collateral`; a Revoked TCB or a revoked certificate always fails) and
+  its detail gives the status, advisory IDs and what the CRLs showed; check 5 applies
+  ``TdxPolicy.accepted_tcb_statuses``. Without collateral the TCB level is not evaluated, without
+  CRLs revocation is not checked (the detail says so), and ``require_collateral`` makes either a
+  check-5 failure.
 - ``ClientPolicy.gpu_rims``, NVIDIA RIMs. Check 8 compares each GPU's measurements with the RIMs
   whose version is that GPU's driver or VBIOS version (:func:`check_rims`).
 
@@ -86,7 +88,13 @@ from attest.sevsnp.abi import Report, parse_report
 from attest.sevsnp.validate import SnpPolicy, validate_report
 from attest.sevsnp.verify import load_certificates, verify_report
 from attest.tdx.abi import MR_SIZE, Quote, parse_quote, parse_register
-from attest.tdx.collateral import TcbEvaluation, TdxCollateral, evaluate_collateral
+from attest.tdx.collateral import (
+    PCK_CRL_FILES,
+    ROOT_CA_CRL_FILES,
+    TcbEvaluation,
+    TdxCollateral,
+    evaluate_collateral,
+)
 from attest.tdx.validate import BOUND_RTMRS, TdxPolicy, validate_quote
 from attest.tdx.verify import INTEL_TD_QE_MRSIGNER, SIMULATED_TD_QE_MRSIGNER, verify_quote
 from server.ohttp import KeyConfig
@@ -689,7 +697,8 @@ def _tdx_checks(
             ) from e
         except ParseError as e:
             raise r.fail("tcb-consistency", e) from e
-        r.passed("tcb-consistency", f"{qe}; Intel collateral: TCB {tcb.describe()}")
+        revocation = tcb.revocation or "revocation not checked (no CRLs in the collateral)"
+        r.passed("tcb-consistency", f"{qe}; Intel collateral: TCB {tcb.describe()}; {revocation}")
 
     # 5. policy: the floor (DEBUG off) always, allowlists where the policy has them, the TCB
     # status when collateral was evaluated (or its absence, when the policy requires it)
@@ -705,6 +714,11 @@ def _tdx_checks(
             )
         elif not hint and tcb is not None and tcb.status not in rules.accepted_tcb_statuses:
             hint = "update the platform, or accept the status in [tdx] accepted_tcb_statuses"
+        elif not hint and tcb is not None and tcb.revocation is None:
+            hint = (
+                "add the PCK CRL and the Intel SGX Root CA CRL to the collateral directory "
+                f"({PCK_CRL_FILES[0]}, {ROOT_CA_CRL_FILES[0]})"
+            )
         raise r.fail("policy", PolicyError(e.violations, check="policy", hint=hint)) from e
     labels = {"tdx-debug": "debug off"}
     r.passed(

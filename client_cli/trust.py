@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import os
 import tempfile
@@ -44,13 +45,16 @@ from cryptography import x509
 
 from attest import tlog
 from attest.bundle import SKIPPABLE_CHECKS, ClientPolicy, TrustAnchors
+from attest.crl import load_crl
 from attest.errors import ParseError, VerificationError
 from attest.nvgpu import VerifiedRim, pinned_nvidia_roots, pinned_rim_roots, verify_rim
 from attest.pemfile import read_pem_certificates
 from attest.sevsnp.validate import SnpPolicy
-from attest.sevsnp.verify import load_certificates, load_crl, pinned_roots
+from attest.sevsnp.verify import load_certificates, pinned_roots
 from attest.tdx.collateral import (
+    PCK_CRL_FILES,
     QE_IDENTITY_FILE,
+    ROOT_CA_CRL_FILES,
     TCB_INFO_FILE,
     TCB_SIGNING_CHAIN_FILE,
     TdxCollateral,
@@ -454,16 +458,24 @@ def _policy_path(base: Path, value: object, key: str, bad: _Bad) -> Path:
 
 
 def _load_collateral(directory: Path, bad: _Bad) -> TdxCollateral:
-    """Read and parse the three collateral files; their signatures are checked per quote."""
+    """Read and parse the collateral files (the CRLs too, when there are); signatures are
+    checked per quote."""
     try:
         collateral = load_collateral_dir(directory)
     except ParseError as e:
         raise bad(f"[tdx] collateral: {e}", e.hint) from e
-    documents = (
+    documents: list[tuple[str, Callable[[], object]]] = [
         (TCB_INFO_FILE, lambda: load_tcb_info(collateral.tcb_info)),
         (QE_IDENTITY_FILE, lambda: load_qe_identity(collateral.qe_identity)),
         (TCB_SIGNING_CHAIN_FILE, lambda: load_tcb_signing_chain(collateral.issuer_chain_pem)),
-    )
+    ]
+    for names, data in (
+        (PCK_CRL_FILES, collateral.pck_crl),
+        (ROOT_CA_CRL_FILES, collateral.root_ca_crl),
+    ):
+        if data is not None:
+            name = next(n for n in names if (directory / n).exists())
+            documents.append((name, functools.partial(load_crl, data)))
     for name, load in documents:
         try:
             load()
@@ -512,6 +524,18 @@ def _load_rim(path: Path, label: str, roots: list[x509.Certificate], bad: _Bad) 
         raise bad(f"[gpu] rims {path}: {e}", e.hint) from e
 
 
+def _crl_summary(file: str | None, raw: bytes) -> dict[str, object]:
+    crl = load_crl(raw)
+    summary: dict[str, object] = {"file": file} if file is not None else {}
+    return {
+        **summary,
+        "issuer": crl.issuer.rfc4514_string(),
+        "last_update": crl.last_update_utc.isoformat(),
+        "next_update": crl.next_update_utc.isoformat() if crl.next_update_utc else None,
+        "revoked": len(crl),
+    }
+
+
 def reference_summary(policy: ClientPolicy, files: PolicyFiles) -> dict[str, object]:
     """What reference values the policy carries, for ``openpcc trust``."""
     collateral: dict[str, object] | None = None
@@ -524,24 +548,21 @@ def reference_summary(policy: ClientPolicy, files: PolicyFiles) -> dict[str, obj
             "tcb_evaluation_data_number": info.tcb_evaluation_data_number,
             "tcb_info_next_update": info.next_update.isoformat(),
             "qe_identity_next_update": qe.next_update.isoformat(),
+            "crls": [
+                _crl_summary(None, data)
+                for data in (policy.tdx_collateral.pck_crl, policy.tdx_collateral.root_ca_crl)
+                if data is not None
+            ],
         }
     paths = (
         [str(p) for p in files.gpu_rims]
         if len(files.gpu_rims) == len(policy.gpu_rims)
         else [r.rim.label for r in policy.gpu_rims]
     )
-    crls = []
-    for i, raw in enumerate(policy.snp_crls):
-        crl = load_crl(raw)
-        crls.append(
-            {
-                "file": str(files.snp_crls[i]) if i < len(files.snp_crls) else None,
-                "issuer": crl.issuer.rfc4514_string(),
-                "last_update": crl.last_update_utc.isoformat(),
-                "next_update": crl.next_update_utc.isoformat() if crl.next_update_utc else None,
-                "revoked": len(crl),
-            }
-        )
+    crls = [
+        _crl_summary(str(files.snp_crls[i]) if i < len(files.snp_crls) else None, raw)
+        for i, raw in enumerate(policy.snp_crls)
+    ]
     return {
         "snp_crls": crls,
         "tdx_collateral": collateral,

@@ -33,6 +33,8 @@ from attest.pemfile import read_pem_certificates
 from attest.tdx.abi import parse_quote
 from attest.tdx.collateral import (
     COLLATERAL_FILES,
+    PCK_CRL_FILES,
+    ROOT_CA_CRL_FILES,
     TcbEvaluation,
     evaluate_collateral,
     load_collateral_dir,
@@ -261,7 +263,8 @@ def verify_tdx(
             metavar="DIR",
             help="directory of Intel PCS collateral for this platform, saved unchanged: "
             f"{COLLATERAL_FILES[0]} (TDX TCB info), {COLLATERAL_FILES[1]} (TD_QE identity), "
-            f"{COLLATERAL_FILES[2]} (the TCB-Info-Issuer-Chain header as PEM); evaluates the "
+            f"{COLLATERAL_FILES[2]} (the TCB-Info-Issuer-Chain header as PEM), and to check "
+            f"revocation {PCK_CRL_FILES[0]} and {ROOT_CA_CRL_FILES[0]} (or .pem); evaluates the "
             "platform's TCB status (accepted: UpToDate unless the policy says otherwise)",
         ),
     ] = None,
@@ -299,6 +302,15 @@ def verify_tdx(
         if files is None:
             checks.append(
                 ("tdx-collateral", "not-checked", "skipped: no --collateral, TCB not evaluated")
+            )
+        elif tcb is not None and tcb.revocation is None:
+            checks.append(
+                (
+                    "tdx-crl",
+                    "not-checked",
+                    f"no {PCK_CRL_FILES[0]} / {ROOT_CA_CRL_FILES[0]} in the collateral: "
+                    "a revoked PCK certificate would not be noticed",
+                )
             )
         stage = "tdx-policy"
         checks.extend(

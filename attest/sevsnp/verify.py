@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 
+from attest.crl import load_crl
 from attest.errors import ParseError, VerificationError
 from attest.sevsnp.abi import (
     PRODUCTS,
@@ -491,19 +492,6 @@ def _check_crl(
     if crl.next_update_utc is not None and crl.next_update_utc < at:
         stale = f" (STALE: its next update was due {crl.next_update_utc.date().isoformat()})"
     return f"not revoked per CRL of {crl.last_update_utc.date().isoformat()}{stale}"
-
-
-def load_crl(data: bytes, *, check: str | None = None) -> x509.CertificateRevocationList:
-    """A CRL from PEM or DER bytes. Unparsable: :class:`ParseError`, or, with ``check``, a
-    :class:`VerificationError` naming that check (a CRL given to a verification run)."""
-    try:
-        if b"-----BEGIN" in data:
-            return x509.load_pem_x509_crl(data)
-        return x509.load_der_x509_crl(data)
-    except ValueError as exc:
-        if check is not None:
-            raise VerificationError(check, f"cannot parse CRL: {exc}") from exc
-        raise ParseError("not a CRL (PEM or DER)") from exc
 
 
 def _fetch_vcek(

@@ -5,6 +5,12 @@ The files are what Intel's PCS (API v4) serves, saved as they are::
     tcb_info.json          GET /tdx/certification/v4/tcb?fmspc=..  {"tcbInfo": {..}, "signature"}
     qe_identity.json       GET /tdx/certification/v4/qe/identity   {"enclaveIdentity": {..}, ..}
     tcb_signing_chain.pem  the TCB-Info-Issuer-Chain header: "Intel SGX TCB Signing", then the root
+    pck_crl.der            optional: GET /sgx/certification/v4/pckcrl?ca=platform (or processor,
+                           whichever CA issued the PCK certificate); PEM as pck_crl.pem
+    root_ca_crl.der        optional: the Intel SGX Root CA's CRL (the CRL distribution point of
+                           the PCK CA certificate); PEM as root_ca_crl.pem
+
+CRLs may be DER, PEM or hex-encoded DER (what a PCCS serves).
 
 Each signature is ECDSA P-256 / SHA-256 (r || s, hex) over the exact bytes of the inner object as
 served, so the signed bytes are cut from the file, never re-serialized. Nothing here uses a network.
@@ -18,6 +24,12 @@ steps); the first failure raises :class:`VerificationError` naming the check:
 ``tdx-tcb-info-signature``     the TCB info signature verifies with the TCB signing key;
 ``tdx-qe-identity-signature``  the QE identity signature verifies with the TCB signing key;
 ``tdx-collateral-validity``    ``issueDate <= now <= nextUpdate`` for both documents;
+``tdx-crl``                    when the collateral has CRLs (both or neither): the PCK CRL is
+                               issued and signed by the CA in the quote's PCK chain that issued
+                               the PCK certificate, the Root CA CRL by the pinned root that CA
+                               chains to; both are current (``thisUpdate <= now <= nextUpdate``);
+                               neither the PCK certificate, nor its CA, nor the TCB signing
+                               certificate is revoked;
 ``tdx-fmspc``                  FMSPC and PCE-ID of the PCK certificate equal the TCB info's;
 ``tdx-module-identity``        MRSIGNERSEAM and SEAM attributes match the TDX module identity
                                (``tdxModuleIdentities`` "TDX_<major>" when TEE_TCB_SVN[1] > 0);
@@ -31,8 +43,9 @@ steps); the first failure raises :class:`VerificationError` naming the check:
 The result is a :class:`TcbEvaluation`: a status and its advisory IDs. Which statuses are
 acceptable is policy (:func:`check_tcb_status`; default UpToDate only).
 
-Not evaluated here: the PCK and Root CA CRLs (a revoked PCK certificate is not detected), and
-QVL's TD 1.5 relaunch advice from TEE_TCB_SVN_2 (``TDRelaunchAdvised``), which only ever
+Without CRLs in the collateral, revocation is not checked and :attr:`TcbEvaluation.revocation`
+is None (a policy's ``require_collateral`` then refuses the quote). Not evaluated here: QVL's TD
+1.5 relaunch advice from TEE_TCB_SVN_2 (``TDRelaunchAdvised``), which only ever
 downgrades an otherwise acceptable status to "relaunch the TD".
 """
 
@@ -54,6 +67,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from attest.crl import load_crl, validity_problem
 from attest.errors import ParseError, PolicyError, VerificationError
 from attest.nvgpu.verify import verify_chain
 from attest.tdx.abi import TEE_TYPE_TDX, Quote
@@ -62,7 +76,9 @@ from attest.tdx.pck import PckExtensions, pck_extensions
 __all__ = [
     "COLLATERAL_FILES",
     "DEFAULT_ACCEPTED_TCB_STATUSES",
+    "PCK_CRL_FILES",
     "QE_IDENTITY_FILE",
+    "ROOT_CA_CRL_FILES",
     "TCB_INFO_FILE",
     "TCB_SIGNING_CHAIN_FILE",
     "EnclaveTcbLevel",
@@ -85,6 +101,10 @@ TCB_INFO_FILE = "tcb_info.json"
 QE_IDENTITY_FILE = "qe_identity.json"
 TCB_SIGNING_CHAIN_FILE = "tcb_signing_chain.pem"
 COLLATERAL_FILES = (TCB_INFO_FILE, QE_IDENTITY_FILE, TCB_SIGNING_CHAIN_FILE)
+#: Optional, both or neither: the CRL of the CA that issued the PCK certificate (PCS
+#: ``/sgx/certification/v4/pckcrl?ca=platform|processor``) and the Intel SGX Root CA's CRL.
+PCK_CRL_FILES = ("pck_crl.der", "pck_crl.pem")
+ROOT_CA_CRL_FILES = ("root_ca_crl.der", "root_ca_crl.pem")
 #: Intel's PCS documents are a few tens of KiB; anything far larger is not one.
 MAX_COLLATERAL_SIZE = 1 << 20
 TCB_SIGNING_CN = "Intel SGX TCB Signing"
@@ -128,11 +148,14 @@ DEFAULT_ACCEPTED_TCB_STATUSES: tuple[TcbStatus, ...] = (TcbStatus.UP_TO_DATE,)
 
 @dataclass(frozen=True, slots=True)
 class TdxCollateral:
-    """Operator-supplied DCAP collateral files (TCB info, QE identity, their issuer chain)."""
+    """Operator-supplied DCAP collateral files: TCB info, QE identity, their issuer chain, and
+    (both or neither) the PCK CRL and the Intel SGX Root CA CRL."""
 
     tcb_info: bytes
     qe_identity: bytes
     issuer_chain_pem: bytes
+    pck_crl: bytes | None = None
+    root_ca_crl: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +239,8 @@ class TcbEvaluation:
     tcb_date: datetime
     fmspc: bytes
     tcb_evaluation_data_number: int
+    revocation: str | None = None
+    """What the CRLs showed (``tdx-crl``'s detail); None when the collateral had none."""
 
     def describe(self) -> str:
         """One line: status, TCB date, FMSPC, evaluation data number, advisories."""
@@ -529,8 +554,27 @@ def load_tcb_signing_chain(pem: bytes) -> list[x509.Certificate]:
     return certs
 
 
+def _optional_file(directory: Path, names: tuple[str, ...]) -> tuple[str, bytes] | None:
+    """The one of ``names`` present in ``directory`` (name and bytes), or None."""
+    present = [name for name in names if (directory / name).exists()]
+    if len(present) > 1:
+        raise ParseError(
+            f"TDX collateral {directory} holds both {' and '.join(present)}",
+            hint="keep one copy of each CRL (DER or PEM)",
+        )
+    if not present:
+        return None
+    path = directory / present[0]
+    try:
+        return present[0], path.read_bytes()
+    except OSError as exc:
+        raise ParseError(f"cannot read TDX collateral {path}: {exc.strerror or exc}") from exc
+
+
 def load_collateral_dir(directory: Path) -> TdxCollateral:
-    """Read the three :data:`COLLATERAL_FILES` from ``directory``; ParseError if one is missing."""
+    """Read the three :data:`COLLATERAL_FILES` from ``directory``, and the two CRLs when present
+    (:data:`PCK_CRL_FILES`, :data:`ROOT_CA_CRL_FILES`: both or neither). ParseError if a
+    required file is missing or unreadable, or only one CRL is there."""
     contents: list[bytes] = []
     for name in COLLATERAL_FILES:
         path = directory / name
@@ -541,8 +585,22 @@ def load_collateral_dir(directory: Path) -> TdxCollateral:
                 f"cannot read TDX collateral {path}: {exc.strerror or exc}",
                 hint=f"the collateral directory holds {', '.join(COLLATERAL_FILES)}",
             ) from exc
+    pck_crl = _optional_file(directory, PCK_CRL_FILES)
+    root_ca_crl = _optional_file(directory, ROOT_CA_CRL_FILES)
+    if (pck_crl is None) != (root_ca_crl is None):
+        have, lack = (pck_crl, ROOT_CA_CRL_FILES) if pck_crl else (root_ca_crl, PCK_CRL_FILES)
+        assert have is not None
+        raise ParseError(
+            f"TDX collateral {directory} holds {have[0]} but no {' or '.join(lack)}",
+            hint="revocation is checked with both CRLs: the PCK CRL (PCS /sgx/certification/"
+            "v4/pckcrl, ca=platform or processor) and the Intel SGX Root CA CRL",
+        )
     return TdxCollateral(
-        tcb_info=contents[0], qe_identity=contents[1], issuer_chain_pem=contents[2]
+        tcb_info=contents[0],
+        qe_identity=contents[1],
+        issuer_chain_pem=contents[2],
+        pck_crl=pck_crl[1] if pck_crl else None,
+        root_ca_crl=root_ca_crl[1] if root_ca_crl else None,
     )
 
 
@@ -608,6 +666,91 @@ def _check_validity(name: str, issue: datetime, next_update: datetime, now: date
             f"not at {now.isoformat()}",
             hint="fetch current collateral from Intel PCS (or your PCCS)",
         )
+
+
+def _crl_date(crl: x509.CertificateRevocationList) -> str:
+    return crl.last_update_utc.date().isoformat()
+
+
+def _verified_crl(
+    data: bytes, issuer: x509.Certificate, name: str, now: datetime
+) -> x509.CertificateRevocationList:
+    check = "tdx-crl"
+    crl = load_crl(data, check=check)
+    if crl.issuer != issuer.subject:
+        raise VerificationError(
+            check,
+            f"{name} is issued by {crl.issuer.rfc4514_string()}, "
+            f"not {issuer.subject.rfc4514_string()}",
+            hint="the PCK CRL must be the one for the CA that issued this platform's PCK "
+            "certificate (ca=platform or ca=processor)"
+            if name == "PCK CRL"
+            else "the Root CA CRL must be the Intel SGX Root CA's",
+        )
+    key = issuer.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not crl.is_signature_valid(key):
+        raise VerificationError(
+            check, f"{name} signature does not verify with {_common_name(issuer)!r}'s key"
+        )
+    problem = validity_problem(crl, now)
+    if problem is not None:
+        raise VerificationError(
+            check,
+            f"{name} {problem}",
+            hint="fetch current CRLs from Intel PCS (or your PCCS) with the other collateral",
+        )
+    return crl
+
+
+def _revoked(crl: x509.CertificateRevocationList, cert: x509.Certificate, what: str) -> None:
+    if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
+        raise VerificationError(
+            "tdx-crl",
+            f"{what} {_common_name(cert)!r} (serial {cert.serial_number:x}) is revoked",
+            hint="Intel revoked this certificate: the platform or its keys are not to be trusted",
+        )
+
+
+def _check_revocation(
+    quote: Quote,
+    pck: x509.Certificate,
+    tcb_chain: list[x509.Certificate],
+    anchors: Sequence[x509.Certificate],
+    collateral: TdxCollateral,
+    now: datetime,
+) -> str | None:
+    """QVL's CRL checks: the PCK certificate against its CA's CRL, that CA and the TCB signing
+    certificate against the Root CA CRL, each CRL signed by its issuer and current. None when
+    the collateral has no CRLs."""
+    check = "tdx-crl"
+    if collateral.pck_crl is None and collateral.root_ca_crl is None:
+        return None
+    if collateral.pck_crl is None or collateral.root_ca_crl is None:
+        raise VerificationError(
+            check,
+            "the collateral has only one of the PCK CRL and the Root CA CRL",
+            hint="revocation is checked with both, or not at all",
+        )
+    ca = next((c for c in quote.pck_chain if c.subject == pck.issuer and c is not pck), None)
+    if ca is None:
+        raise VerificationError(check, "the quote's PCK chain lacks the PCK certificate's issuer")
+    root = next((r for r in anchors if r.subject == ca.issuer), None)
+    if root is None:
+        raise VerificationError(
+            check, f"{_common_name(ca)!r} is not issued by a pinned Intel SGX Root CA"
+        )
+    root_crl = _verified_crl(collateral.root_ca_crl, root, "Root CA CRL", now)
+    pck_crl = _verified_crl(collateral.pck_crl, ca, "PCK CRL", now)
+    _revoked(pck_crl, pck, "PCK certificate")
+    _revoked(root_crl, ca, "PCK CA")
+    for cert in tcb_chain:
+        if cert.issuer == root.subject and cert.subject != root.subject:
+            _revoked(root_crl, cert, "TCB signing certificate")
+    return (
+        f"PCK certificate not revoked (PCK CRL of {_crl_date(pck_crl)}); "
+        f"{_common_name(ca)} and {TCB_SIGNING_CN} not revoked "
+        f"(Root CA CRL of {_crl_date(root_crl)})"
+    )
 
 
 def _masked(value: bytes, mask: bytes) -> bytes:
@@ -764,6 +907,10 @@ def evaluate_collateral(
         )
     )
 
+    revocation = _check_revocation(quote, pck_certificate, chain, anchors, collateral, when)
+    if revocation is not None:
+        log.append(("tdx-crl", revocation))
+
     if quote.header.tee_type != TEE_TYPE_TDX:
         raise VerificationError("tdx-fmspc", "TDX TCB info cannot evaluate a non-TDX quote")
     pck = pck_extensions(pck_certificate)
@@ -812,6 +959,7 @@ def evaluate_collateral(
         tcb_date=level.date,
         fmspc=pck.fmspc,
         tcb_evaluation_data_number=info.tcb_evaluation_data_number,
+        revocation=revocation,
     )
     if status is TcbStatus.REVOKED:
         raise VerificationError(

@@ -7,7 +7,8 @@ every violation into one :class:`PolicyError`, each naming the field and both va
 
 ``accepted_tcb_statuses`` (default ``["UpToDate"]``) lists the Intel TCB statuses accepted when
 collateral was evaluated; ``"Revoked"`` can never be listed. ``require_collateral = true`` makes
-a quote whose collateral was not evaluated a violation. ``allow_unpinned_rtmrs = true`` lets the
+a quote whose collateral was not evaluated, or was evaluated without the PCK and Root CA CRLs
+(revocation unchecked), a violation. ``allow_unpinned_rtmrs = true`` lets the
 bundle verifier accept a TD whose RTMR0-2 neither the release manifest nor this policy pins (see
 :data:`BOUND_RTMRS`); without it such a TD is refused, because MRTD covers only the firmware.
 """
@@ -195,11 +196,17 @@ def validate_quote(
             violations.append(
                 f"tcb_status: no collateral was evaluated, policy requires one of {accepted}"
             )
-    elif tcb.status in policy.accepted_tcb_statuses:
-        passed.append(("tdx-tcb-status", f"{tcb.status} accepted"))
     else:
-        ids = f" (advisories {', '.join(tcb.advisory_ids)})" if tcb.advisory_ids else ""
-        violations.append(f"tcb_status: platform {tcb.status}{ids}, policy accepts {accepted}")
+        if tcb.status in policy.accepted_tcb_statuses:
+            passed.append(("tdx-tcb-status", f"{tcb.status} accepted"))
+        else:
+            ids = f" (advisories {', '.join(tcb.advisory_ids)})" if tcb.advisory_ids else ""
+            violations.append(f"tcb_status: platform {tcb.status}{ids}, policy accepts {accepted}")
+        if tcb.revocation is None and policy.require_collateral:
+            violations.append(
+                "require_collateral: the collateral has no PCK and Root CA CRLs, so revocation "
+                "was not checked"
+            )
     if violations:
         raise PolicyError(violations, check="tdx-policy")
     return passed

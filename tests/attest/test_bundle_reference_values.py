@@ -10,6 +10,7 @@ TEST RIM chain. One mutation per row, each naming the check that fails and what 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from server.attestation import BundleBuilder, SimulatedGpuProvider, SimulatedTdx
 from server.keys import KeyRing
 
 from .nvgpu.fake_rim import FakeRimSigner, rim_pair, unsigned_rim
-from .tdx.fake_collateral import CollateralBuilder, FakeTcbSigner
+from .tdx.fake_collateral import CollateralBuilder, FakePlatform, FakeTcbSigner
 
 MRTD = hashlib.sha384(b"openpcc test TDX release (reference values)").digest()
 RTMRS = tuple(hashlib.sha384(b"reference RTMR%d" % i).digest() for i in range(4))
@@ -59,8 +60,15 @@ class ReferenceNode:
     """FAKE NODE for tests: a simulated TDX node with one simulated GPU, plus the TEST signers
     of its collateral and RIMs."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, *, own_pck_chain: bool = False) -> None:
+        self.tcb_signer = FakeTcbSigner.generate()
         self.signer = SimulatedTdxSigner.generate(base / "tdx")
+        # own_pck_chain: the node quotes with a PCK chain under the collateral's TEST root (one
+        # root, as with Intel's), so tests can sign its CRLs.
+        self.platform = FakePlatform.generate(self.tcb_signer) if own_pck_chain else None
+        if self.platform is not None:
+            self.platform.save(base / "tdx")
+            self.signer = SimulatedTdxSigner.load(base / "tdx")
         self.gpu = SimulatedGpu.generate(base / "gpu")
         self.manifest: dict[str, object] = {
             "measurement": MRTD.hex(),
@@ -78,7 +86,6 @@ class ReferenceNode:
             manifest=self.manifest,
             tlog_entry=lambda: bundle_entry(self.log, manifest_bytes),
         )
-        self.tcb_signer = FakeTcbSigner.generate()
         self.rim_signer = FakeRimSigner.generate()
         quote = parse_quote(self.signer.sign(report_data=bytes(64), mrtd=MRTD))
         self.collateral = CollateralBuilder.for_quote(self.tcb_signer, quote)
@@ -110,6 +117,20 @@ class ReferenceNode:
         mutate(builder)
         return builder.build()
 
+    def collateral_with_crls(
+        self, *, revoked_pck: bool = False, days_left: int = 29
+    ) -> TdxCollateral:
+        """The collateral with current CRLs (``own_pck_chain`` nodes only)."""
+        assert self.platform is not None
+        last = min(NOW - timedelta(days=1), NOW + timedelta(days=days_left - 1))
+        dates = {"last_update": last, "next_update": NOW + timedelta(days=days_left)}
+        revoked = (self.platform.pck.serial_number,) if revoked_pck else ()
+        return dataclasses.replace(
+            self.collateral.build(),
+            pck_crl=self.platform.pck_crl(revoked=revoked, **dates),
+            root_ca_crl=self.platform.root_ca_crl(**dates),
+        )
+
     def rims(
         self,
         *,
@@ -134,6 +155,11 @@ class ReferenceNode:
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> ReferenceNode:
     return ReferenceNode(tmp_path_factory.mktemp("reference-node"))
+
+
+@pytest.fixture(scope="module")
+def crl_node(tmp_path_factory: pytest.TempPathFactory) -> ReferenceNode:
+    return ReferenceNode(tmp_path_factory.mktemp("reference-node-crl"), own_pck_chain=True)
 
 
 def _verify(
@@ -205,7 +231,8 @@ def test_out_of_date_is_refused_by_the_default_policy(node: ReferenceNode) -> No
     # The genuine collateral's verdict is shown at check 4, advisories included.
     assert _details(run)["tcb-consistency"].endswith(
         "Intel collateral: TCB OutOfDate (TCB date 2024-03-13, FMSPC 00806f050000, "
-        f"TCB evaluation data 17); advisories {ADVISORY}"
+        f"TCB evaluation data 17); advisories {ADVISORY}; revocation not checked (no CRLs in "
+        "the collateral)"
     )
 
 
@@ -231,9 +258,51 @@ def test_require_collateral_without_collateral_fails_closed(node: ReferenceNode)
     assert "TCB level not evaluated (no DCAP collateral)" in _details(run)["tcb-consistency"]
 
 
-def test_require_collateral_with_collateral_verifies(node: ReferenceNode) -> None:
-    policy = _policy(tdx=TdxPolicy(require_collateral=True), tdx_collateral=node.collateral.build())
-    assert _verify(node, policy).ok
+def test_require_collateral_with_collateral_and_crls_verifies(crl_node: ReferenceNode) -> None:
+    policy = _policy(
+        tdx=TdxPolicy(require_collateral=True), tdx_collateral=crl_node.collateral_with_crls()
+    )
+    run = _verify(crl_node, policy)
+    assert run.ok, run.to_dict()
+    assert _details(run)["tcb-consistency"].endswith(
+        "; PCK certificate not revoked (PCK CRL of "
+        f"{(NOW - timedelta(days=1)).date().isoformat()}); Intel SGX PCK Platform CA and Intel "
+        f"SGX TCB Signing not revoked (Root CA CRL of {(NOW - timedelta(days=1)).date()})"
+    )
+
+
+def test_require_collateral_without_crls_fails_closed(crl_node: ReferenceNode) -> None:
+    policy = _policy(
+        tdx=TdxPolicy(require_collateral=True), tdx_collateral=crl_node.collateral.build()
+    )
+    run = _verify(crl_node, policy)
+    _assert_failed_at(run, "policy")
+    assert isinstance(run.error, PolicyError)
+    assert str(run.error) == (
+        "policy: require_collateral: the collateral has no PCK and Root CA CRLs, so revocation "
+        "was not checked"
+    )
+    assert "pck_crl.der, root_ca_crl.der" in run.error.hint
+    # Without require_collateral the node verifies, and check 4 says what was not checked.
+    run = _verify(crl_node, _policy(tdx_collateral=crl_node.collateral.build()))
+    assert run.ok and "revocation not checked" in _details(run)["tcb-consistency"]
+
+
+@pytest.mark.parametrize(
+    ("crls", "says"),
+    [
+        ({"revoked_pck": True}, "tdx-crl: PCK certificate 'Intel SGX PCK Certificate' (serial "),
+        ({"days_left": -2}, "tdx-crl: Root CA CRL is stale: its next update was due"),
+    ],
+    ids=["revoked-pck", "stale-crl"],
+)
+def test_revocation_fails_tcb_consistency(
+    crl_node: ReferenceNode, crls: dict[str, Any], says: str
+) -> None:
+    policy = _policy(tdx_collateral=crl_node.collateral_with_crls(**crls))
+    run = _verify(crl_node, policy)
+    _assert_failed_at(run, "tcb-consistency")
+    assert str(run.error).startswith("tcb-consistency: " + says), str(run.error)
 
 
 def _revoked(b: CollateralBuilder) -> None:

@@ -10,7 +10,9 @@ NVIDIA's.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ from client_cli.main import app
 from client_cli.trust import load_policy, load_policy_file
 
 from ..attest.nvgpu.fake_rim import FakeRimSigner, rim_pair, unsigned_rim
-from ..attest.tdx.fake_collateral import CollateralBuilder, FakeTcbSigner
+from ..attest.tdx.fake_collateral import CollateralBuilder, FakeTcbSigner, crl
 
 CHAT = {"messages": [{"role": "user", "content": "secret words"}], "stream": True}
 
@@ -43,11 +45,19 @@ class ReferenceFiles:
         quote = parse_quote(
             SimulatedTdxSigner.generate(base / "tdx").sign(report_data=bytes(64), mrtd=bytes(48))
         )
-        collateral = CollateralBuilder.for_quote(FakeTcbSigner.generate(), quote).build()
+        tcb = FakeTcbSigner.generate()
+        collateral = dataclasses.replace(
+            CollateralBuilder.for_quote(tcb, quote).build(),
+            pck_crl=crl(tcb.root, tcb.root_key, revoked=(7,)),
+            root_ca_crl=crl(tcb.root, tcb.root_key),
+        )
         (directory / "collateral").mkdir(parents=True)
         (directory / "collateral" / TCB_INFO_FILE).write_bytes(collateral.tcb_info)
         (directory / "collateral" / QE_IDENTITY_FILE).write_bytes(collateral.qe_identity)
         (directory / "collateral" / TCB_SIGNING_CHAIN_FILE).write_bytes(collateral.issuer_chain_pem)
+        assert collateral.pck_crl is not None and collateral.root_ca_crl is not None
+        (directory / "collateral" / "pck_crl.der").write_bytes(collateral.pck_crl)
+        (directory / "collateral" / "root_ca_crl.der").write_bytes(collateral.root_ca_crl)
         self.collateral = collateral
 
         self.report: GpuReport = parse_gpu_report(gpu.evidence(bytes(32)))
@@ -190,6 +200,11 @@ BAD = [
         '[tdx]\ncollateral = "../bad-collateral"\n',
         "[tdx] collateral {dir}/bad-collateral/tcb_info.json: TCB info is malformed",
     ),
+    (
+        "collateral-crl-not-a-crl",
+        '[tdx]\ncollateral = "../bad-crl"\n',
+        "[tdx] collateral {dir}/bad-crl/pck_crl.der: not a CRL (PEM, DER or hex-encoded DER)",
+    ),
     ("tdx-unknown-key", '[tdx]\ncollateral = "../collateral"\ncolateral = 1\n', "colateral"),
     (
         "rims-but-gpu-skipped",
@@ -208,6 +223,10 @@ def test_bad_reference_values_are_one_line_naming_the_file(
         bad_collateral.mkdir()
         for name in (TCB_INFO_FILE, QE_IDENTITY_FILE, TCB_SIGNING_CHAIN_FILE):
             (bad_collateral / name).write_text("not what Intel serves")
+    bad_crl = refs.directory / "bad-crl"
+    if not bad_crl.exists():
+        shutil.copytree(refs.directory / "collateral", bad_crl)
+        (bad_crl / "pck_crl.der").write_bytes(b"not what Intel serves")
     path = _write_policy(refs, text, "bad.toml")
     with pytest.raises(ParseError) as e:
         load_policy(path)
@@ -230,6 +249,8 @@ def test_trust_json_shows_the_reference_values(
     here = refs.directory.resolve()
     assert collateral["directory"] == str(here / "collateral")
     assert collateral["fmspc"] == "00806f050000" and collateral["tcb_evaluation_data_number"] == 17
+    assert [c["revoked"] for c in collateral["crls"]] == [1, 0]
+    assert all("TEST Intel SGX Root CA" in c["issuer"] for c in collateral["crls"])
     assert [(g["file"], g["version"]) for g in shown["gpu_rims"]] == [
         (str(here / "rims" / "driver.swidtag"), refs.report.opaque.driver_version),
         (str(here / "rims" / "vbios.swidtag"), refs.report.opaque.vbios_version),

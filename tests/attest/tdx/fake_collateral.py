@@ -12,6 +12,7 @@ import copy
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -20,9 +21,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from attest.tdx.abi import Quote
+from attest.tdx.abi import Quote, parse_quote
 from attest.tdx.collateral import TdxCollateral
 from attest.tdx.pck import pck_extensions
+from attest.tdx.sim import OID_SGX_EXTENSIONS, SimulatedTdxSigner, _sgx_extension
 
 ISSUE = datetime(2024, 5, 25, tzinfo=UTC)
 NEXT_UPDATE = datetime(2024, 6, 24, tzinfo=UTC)
@@ -252,3 +254,102 @@ class CollateralBuilder:
 
 def shifted(days: int) -> str:
     return _iso(ISSUE + timedelta(days=days))
+
+
+def crl(
+    issuer: x509.Certificate,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    *,
+    revoked: tuple[int, ...] = (),
+    last_update: datetime = ISSUE,
+    next_update: datetime = NEXT_UPDATE,
+    encoding: serialization.Encoding = serialization.Encoding.DER,
+) -> bytes:
+    """A CRL ``issuer`` signed, revoking ``revoked`` serial numbers."""
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer.subject)
+        .last_update(last_update)
+        .next_update(next_update)
+    )
+    for serial in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(last_update)
+            .build()
+        )
+    return builder.sign(issuer_key, hashes.SHA256()).public_bytes(encoding)
+
+
+@dataclass
+class FakePlatform:
+    """A TEST PCK chain under a :class:`FakeTcbSigner`'s root (root -> "Intel SGX PCK Platform
+    CA" -> PCK certificate with SGX extensions) and a simulated QE quoting with it, so tests hold
+    every key that signs a CRL. The real quote's chain is Intel's: no test can sign its CRLs."""
+
+    tcb: FakeTcbSigner
+    ca_key: ec.EllipticCurvePrivateKey
+    ca: x509.Certificate
+    pck: x509.Certificate
+    signer: SimulatedTdxSigner
+
+    CA_CN = "Intel SGX PCK Platform CA"
+
+    @classmethod
+    def generate(cls, tcb: FakeTcbSigner) -> FakePlatform:
+        ca_key, ca = tcb.issue(cls.CA_CN, ca=True)
+        pck_key = ec.generate_private_key(ec.SECP256R1())
+        sgx = _sgx_extension(
+            ppid=bytes(16),
+            cpu_svn=bytes.fromhex("05050d02030100030000000000000000"),
+            pce_svn=11,
+            fmspc=bytes.fromhex("00806f050000"),
+        )
+        pck = (
+            x509.CertificateBuilder()
+            .subject_name(_name("Intel SGX PCK Certificate"))
+            .issuer_name(ca.subject)
+            .public_key(pck_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(datetime(2020, 1, 1, tzinfo=UTC))
+            .not_valid_after(datetime(2040, 1, 1, tzinfo=UTC))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.UnrecognizedExtension(OID_SGX_EXTENSIONS, sgx), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        signer = SimulatedTdxSigner(
+            root=tcb.root,
+            platform_ca=ca,
+            pck=pck,
+            pck_key=pck_key,
+            attestation_key=ec.generate_private_key(ec.SECP256R1()),
+            tee_tcb_svn=bytes.fromhex("03000500000000000000000000000000"),
+        )
+        return cls(tcb=tcb, ca_key=ca_key, ca=ca, pck=pck, signer=signer)
+
+    def quote(self, mrtd: bytes = bytes(48), report_data: bytes = bytes(64)) -> Quote:
+        return parse_quote(self.signer.sign(report_data=report_data, mrtd=mrtd))
+
+    def save(self, directory: Path) -> None:
+        """Over a ``SimulatedTdxSigner.generate`` directory: a simulated TDX provider reading
+        it then quotes with this chain."""
+        enc = serialization.Encoding.PEM
+        (directory / "root.pem").write_bytes(self.tcb.root.public_bytes(enc))
+        (directory / "platform-ca.pem").write_bytes(self.ca.public_bytes(enc))
+        (directory / "pck.pem").write_bytes(self.pck.public_bytes(enc))
+        for name, key in (
+            ("pck.key", self.signer._pck_key),
+            ("attestation.key", self.signer._attestation_key),
+        ):
+            (directory / name).write_bytes(
+                key.private_bytes(
+                    enc, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                )
+            )
+
+    def pck_crl(self, *, revoked: tuple[int, ...] = (), **kwargs: Any) -> bytes:
+        return crl(self.ca, self.ca_key, revoked=revoked, **kwargs)
+
+    def root_ca_crl(self, *, revoked: tuple[int, ...] = (), **kwargs: Any) -> bytes:
+        return crl(self.tcb.root, self.tcb.root_key, revoked=revoked, **kwargs)

@@ -14,7 +14,7 @@ from attest.tdx import Quote, parse_quote
 from attest.tdx.collateral import COLLATERAL_FILES
 from client_cli.verify_gpu_tdx import verify_tdx
 
-from .fake_collateral import CollateralBuilder, FakeTcbSigner
+from .fake_collateral import CollateralBuilder, FakeTcbSigner, crl
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +72,26 @@ def test_up_to_date(
     directory = _write(tmp_path / "c", CollateralBuilder.for_quote(signer, quote))
     code, output = _run(app, vectors, tmp_path, "--collateral", str(directory), "--json")
     assert code == 0, output
-    names = [c["name"] for c in json.loads(output)["checks"]]
-    assert names[-3:] == ["tdx-tcb-level", "tdx-debug", "tdx-tcb-status"]
+    checks = json.loads(output)["checks"]
+    names = [c["name"] for c in checks]
+    assert names[-4:] == ["tdx-tcb-level", "tdx-crl", "tdx-debug", "tdx-tcb-status"]
     assert "tdx-fmspc" in names and "tdx-qe-identity" in names
+    # Collateral without CRLs: revocation is named as not checked, never as passed.
+    assert checks[-3]["status"] == "not-checked" and not checks[-3]["ok"]
+    assert "pck_crl.der / root_ca_crl.der" in checks[-3]["detail"]
+
+
+def test_crls_intel_did_not_sign_exit_4(
+    app: typer.Typer, vectors: Path, tmp_path: Path, quote: Quote, signer: FakeTcbSigner
+) -> None:
+    directory = _write(tmp_path / "c", CollateralBuilder.for_quote(signer, quote))
+    (directory / "pck_crl.der").write_bytes(crl(signer.root, signer.root_key))
+    (directory / "root_ca_crl.der").write_bytes(crl(signer.root, signer.root_key))
+    code, output = _run(app, vectors, tmp_path, "--collateral", str(directory), "--json")
+    assert code == 4, output
+    failed = [c for c in json.loads(output)["checks"] if c["status"] == "fail"]
+    assert [c["name"] for c in failed] == ["tdx-crl"]
+    assert "is not issued by a pinned Intel SGX Root CA" in failed[0]["detail"]
 
 
 def test_without_collateral_says_so(app: typer.Typer, vectors: Path, tmp_path: Path) -> None:
