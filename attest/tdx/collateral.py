@@ -702,6 +702,15 @@ def _verified_crl(
     return crl
 
 
+def _issued(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Whether ``issuer``'s name and key signed ``cert``."""
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
 def _revoked(crl: x509.CertificateRevocationList, cert: x509.Certificate, what: str) -> None:
     if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
         raise VerificationError(
@@ -731,10 +740,12 @@ def _check_revocation(
             "the collateral has only one of the PCK CRL and the Root CA CRL",
             hint="revocation is checked with both, or not at all",
         )
-    ca = next((c for c in quote.pck_chain if c.subject == pck.issuer and c is not pck), None)
+    # The certificates that actually signed: a look-alike name placed in the chain (or beside a
+    # root) must not be where a CRL's signature is checked.
+    ca = next((c for c in quote.pck_chain if c is not pck and _issued(pck, c)), None)
     if ca is None:
         raise VerificationError(check, "the quote's PCK chain lacks the PCK certificate's issuer")
-    root = next((r for r in anchors if r.subject == ca.issuer), None)
+    root = next((r for r in anchors if _issued(ca, r)), None)
     if root is None:
         raise VerificationError(
             check, f"{_common_name(ca)!r} is not issued by a pinned Intel SGX Root CA"

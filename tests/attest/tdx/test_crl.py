@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from attest.errors import ParseError, PolicyError, VerificationError
 from attest.tdx import Quote, TdxPolicy, parse_quote, validate_quote, verify_quote
 from attest.tdx.collateral import TdxCollateral, evaluate_collateral, load_collateral_dir
+from attest.tdx.sim import SimulatedTdxSigner
 from attest.tdx.verify import SIMULATED_TD_QE_MRSIGNER, pinned_intel_roots
 
 from .fake_collateral import CollateralBuilder, FakePlatform, FakeTcbSigner, crl
@@ -291,3 +292,25 @@ def test_collateral_dir_crl_files_are_both_or_neither(
     with pytest.raises(ParseError) as err:
         load_collateral_dir(directory)
     assert says in str(err.value)
+
+
+def test_a_look_alike_ca_in_the_chain_is_not_where_crls_are_checked(
+    platform: FakePlatform, quote: Quote
+) -> None:
+    """A CA of the same name but another key, put in the quote's chain in place of the real one:
+    its key did not sign the PCK certificate, so no CRL signed by it can clear the PCK."""
+    key, look_alike = platform.tcb.issue(FakePlatform.CA_CN, ca=True)
+    forged = SimulatedTdxSigner(
+        root=platform.tcb.root,
+        platform_ca=look_alike,
+        pck=platform.pck,
+        pck_key=platform.signer._pck_key,
+        attestation_key=platform.signer._attestation_key,
+        tee_tcb_svn=platform.signer.tee_tcb_svn,
+    )
+    bad = parse_quote(forged.sign(report_data=bytes(64), mrtd=bytes(48)))
+    collateral = _collateral(platform, bad, pck_crl=crl(look_alike, key))
+    with pytest.raises(VerificationError) as err:
+        evaluate_collateral(bad, platform.pck, collateral, roots=[platform.tcb.root], now=NOW)
+    assert err.value.check == "tdx-crl"
+    assert err.value.detail == "the quote's PCK chain lacks the PCK certificate's issuer"
