@@ -1,7 +1,7 @@
 """Certificate chains up to a pinned root, as every verifier here checks them (private).
 
-One function, :func:`verify_chain`, shared by the GPU report, RIM and TDX verifiers; it is
-public as ``attest.nvgpu.verify.verify_chain``.
+:func:`verify_chain`, shared by the GPU report, RIM and TDX verifiers (public as
+``attest.nvgpu.verify.verify_chain``), and :func:`issued_by`, one certificate's signature check.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes
 
 from attest.errors import VerificationError
 
-__all__ = ["verify_chain"]
+__all__ = ["issued_by", "verify_chain"]
 
 
 def _is_ca(cert: x509.Certificate) -> bool:
@@ -42,7 +42,8 @@ def _check_time(cert: x509.Certificate, now: datetime, check: str) -> None:
         )
 
 
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Whether ``issuer``'s name and key signed ``cert``."""
     try:
         cert.verify_directly_issued_by(issuer)
     except (ValueError, TypeError, InvalidSignature):
@@ -71,7 +72,7 @@ def verify_chain(
     for cert in chain:
         _check_time(cert, now, check)
     for position, (cert, issuer) in enumerate(itertools.pairwise(chain)):
-        if not _issued_by(cert, issuer):
+        if not issued_by(cert, issuer):
             raise VerificationError(
                 check,
                 f"certificate {position} ({cert.subject.rfc4514_string()}) is not signed by "
@@ -86,7 +87,7 @@ def verify_chain(
         if last == root:
             return root
     for root in roots:
-        if _issued_by(last, root) and _is_ca(root):
+        if issued_by(last, root) and _is_ca(root):
             _check_time(root, now, check)
             return root
     raise VerificationError(

@@ -69,6 +69,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from attest.crl import load_crl, validity_problem
 from attest.errors import ParseError, PolicyError, VerificationError
+from attest.nvgpu._chain import issued_by
 from attest.nvgpu.verify import verify_chain
 from attest.tdx.abi import TEE_TYPE_TDX, Quote
 from attest.tdx.pck import PckExtensions, pck_extensions
@@ -702,15 +703,6 @@ def _verified_crl(
     return crl
 
 
-def _issued(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    """Whether ``issuer``'s name and key signed ``cert``."""
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
 def _revoked(crl: x509.CertificateRevocationList, cert: x509.Certificate, what: str) -> None:
     if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
         raise VerificationError(
@@ -742,10 +734,10 @@ def _check_revocation(
         )
     # The certificates that actually signed: a look-alike name placed in the chain (or beside a
     # root) must not be where a CRL's signature is checked.
-    ca = next((c for c in quote.pck_chain if c is not pck and _issued(pck, c)), None)
+    ca = next((c for c in quote.pck_chain if c is not pck and issued_by(pck, c)), None)
     if ca is None:
         raise VerificationError(check, "the quote's PCK chain lacks the PCK certificate's issuer")
-    root = next((r for r in anchors if _issued(ca, r)), None)
+    root = next((r for r in anchors if issued_by(ca, r)), None)
     if root is None:
         raise VerificationError(
             check, f"{_common_name(ca)!r} is not issued by a pinned Intel SGX Root CA"

@@ -20,7 +20,7 @@ from attest.errors import ParseError, PolicyError, VerificationError
 from attest.tdx import Quote, TdxPolicy, parse_quote, validate_quote, verify_quote
 from attest.tdx.collateral import TdxCollateral, evaluate_collateral, load_collateral_dir
 from attest.tdx.sim import SimulatedTdxSigner
-from attest.tdx.verify import SIMULATED_TD_QE_MRSIGNER, pinned_intel_roots
+from attest.tdx.verify import SIMULATED_TD_QE_MRSIGNER, VerifiedQuote, pinned_intel_roots
 
 from .fake_collateral import CollateralBuilder, FakePlatform, FakeTcbSigner, crl
 
@@ -43,7 +43,7 @@ def _collateral(platform: FakePlatform, quote: Quote, **crls: bytes | None) -> T
     return dataclasses.replace(base, **values)
 
 
-def _verify(platform: FakePlatform, quote: Quote, collateral: TdxCollateral) -> object:
+def _verify(platform: FakePlatform, quote: Quote, collateral: TdxCollateral) -> VerifiedQuote:
     return verify_quote(
         quote,
         roots=[platform.tcb.root],
@@ -62,14 +62,7 @@ def test_current_crls_revoking_nothing_here_pass(platform: FakePlatform, quote: 
         pck_crl=platform.pck_crl(revoked=others),
         root_ca_crl=platform.root_ca_crl(revoked=others),
     )
-    verified = verify_quote(
-        quote,
-        roots=[platform.tcb.root],
-        now=NOW,
-        collateral=collateral,
-        collateral_roots=[platform.tcb.root],
-        qe_mrsigner=SIMULATED_TD_QE_MRSIGNER,
-    )
+    verified = _verify(platform, quote, collateral)
     checks = dict(verified.checks)
     assert checks["tdx-crl"] == (
         "PCK certificate not revoked (PCK CRL of 2024-05-25); Intel SGX PCK Platform CA and "
@@ -86,14 +79,7 @@ def test_without_crls_revocation_is_none_and_not_recorded(
     platform: FakePlatform, quote: Quote
 ) -> None:
     collateral = _collateral(platform, quote, pck_crl=None, root_ca_crl=None)
-    verified = verify_quote(
-        quote,
-        roots=[platform.tcb.root],
-        now=NOW,
-        collateral=collateral,
-        collateral_roots=[platform.tcb.root],
-        qe_mrsigner=SIMULATED_TD_QE_MRSIGNER,
-    )
+    verified = _verify(platform, quote, collateral)
     assert verified.tcb is not None and verified.tcb.revocation is None
     assert "tdx-crl" not in dict(verified.checks)
 
