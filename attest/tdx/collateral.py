@@ -746,9 +746,16 @@ def _check_revocation(
     pck_crl = _verified_crl(collateral.pck_crl, ca, "PCK CRL", now)
     _revoked(pck_crl, pck, "PCK certificate")
     _revoked(root_crl, ca, "PCK CA")
-    for cert in tcb_chain:
-        if cert.issuer == root.subject and cert.subject != root.subject:
-            _revoked(root_crl, cert, "TCB signing certificate")
+    signers = [c for c in tcb_chain if c.subject != root.subject and issued_by(c, root)]
+    if not signers:
+        raise VerificationError(
+            check,
+            f"the TCB signing certificate is not issued by {_common_name(root)!r}, whose CRL "
+            "was given",
+            hint="the collateral's TCB signing chain and the quote's PCK chain end in one root",
+        )
+    for cert in signers:
+        _revoked(root_crl, cert, "TCB signing certificate")
     return (
         f"PCK certificate not revoked (PCK CRL of {_crl_date(pck_crl)}); "
         f"{_common_name(ca)} and {TCB_SIGNING_CN} not revoked "

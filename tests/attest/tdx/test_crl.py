@@ -300,3 +300,22 @@ def test_a_look_alike_ca_in_the_chain_is_not_where_crls_are_checked(
         evaluate_collateral(bad, platform.pck, collateral, roots=[platform.tcb.root], now=NOW)
     assert err.value.check == "tdx-crl"
     assert err.value.detail == "the quote's PCK chain lacks the PCK certificate's issuer"
+
+
+def test_tcb_signing_under_another_root_is_not_cleared_by_this_roots_crl(
+    platform: FakePlatform, quote: Quote
+) -> None:
+    """With two trusted roots, the Root CA CRL speaks only for certificates its root issued."""
+    other = FakeTcbSigner.generate()
+    collateral = dataclasses.replace(
+        _collateral(platform, quote),
+        tcb_info=CollateralBuilder.for_quote(other, quote).build().tcb_info,
+        qe_identity=CollateralBuilder.for_quote(other, quote).build().qe_identity,
+        issuer_chain_pem=other.chain_pem(),
+    )
+    with pytest.raises(VerificationError) as err:
+        evaluate_collateral(
+            quote, platform.pck, collateral, roots=[platform.tcb.root, other.root], now=NOW
+        )
+    assert err.value.check == "tdx-crl"
+    assert err.value.detail.startswith("the TCB signing certificate is not issued by")
