@@ -80,7 +80,7 @@ def create_proxy_app(
                 )
             try:
                 body = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
+            except (ValueError, RecursionError):  # JSON, UTF-8, huge numbers, nesting
                 return _error(400, "request body is not JSON", "invalid_request_error")
             if not isinstance(body, dict):
                 return _error(400, "request body must be an object", "invalid_request_error")

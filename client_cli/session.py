@@ -160,8 +160,11 @@ class SseDecoder:
     def feed(self, data: bytes) -> list[dict[str, object]]:
         self._buf += data
         out: list[dict[str, object]] = []
-        while b"\n" in self._buf:
-            line, self._buf = self._buf.split(b"\n", 1)
+        if b"\n" not in data:  # no line ended: nothing to split (a long line costs no copies)
+            lines: list[bytes] = []
+        else:  # one split per piece, however many events it holds
+            *lines, self._buf = self._buf.split(b"\n")
+        for line in lines:
             if len(line) > MAX_SSE_LINE:
                 raise ParseError("a server-sent event line exceeds 1 MiB")
             line = line.rstrip(b"\r")
@@ -173,7 +176,7 @@ class SseDecoder:
                 continue
             try:
                 event = json.loads(payload)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            except (ValueError, RecursionError) as e:  # malformed, not UTF-8, or hostile
                 raise ParseError("the node sent a malformed server-sent event") from e
             if isinstance(event, dict):
                 out.append(event)
@@ -262,7 +265,7 @@ class Session:
             )
         try:
             bundle = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (ValueError, RecursionError) as e:  # JSON, UTF-8, huge numbers, nesting
             raise ParseError("the attestation bundle is not JSON") from e
         if not isinstance(bundle, dict):
             raise ParseError("the attestation bundle is not a JSON object")
@@ -284,7 +287,7 @@ class Session:
         try:
             proof = json.loads(raw)["proof"]
             return [bytes.fromhex(p) for p in proof]
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, RecursionError) as e:
             raise ParseError("malformed consistency proof") from e
 
     async def verify(self) -> VerificationRun:
@@ -400,7 +403,7 @@ class Session:
             content=enc,
             headers={"content-type": CHUNKED_REQ, "accept": "message/ohttp-chunked-res"},
         ) as r:
-            yield r.status_code, r.aiter_raw(), r.aread
+            yield r.status_code, r.aiter_raw(), lambda: _refusal_text(r)
 
     async def _exchange(
         self, enc: bytes, opener: ChunkedResponseOpener
@@ -481,7 +484,7 @@ class Session:
                     raise TransportError("the answer exceeds 16 MiB")
         try:
             data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (ValueError, RecursionError) as e:  # JSON, UTF-8, huge numbers, nesting
             raise ParseError("the node's answer is not JSON") from e
         if not isinstance(data, dict):
             raise ParseError("the node's answer is not a JSON object")
@@ -526,8 +529,21 @@ _OHTTP_HEADERS = (
 
 
 async def _read_at_most(resp: EngineResponse, limit: int) -> bytes:
+    return await _take_at_most(resp.iter_batches(), limit)
+
+
+async def _refusal_text(r: httpx.Response) -> bytes:
+    """The first 512 bytes of a refusal's body, read no further (raw: never decompressed)."""
+    try:
+        return await _take_at_most(r.aiter_raw(), 512)
+    except httpx.StreamConsumed:  # a transport that handed over the body already read
+        return (await r.aread())[:512]
+
+
+async def _take_at_most(pieces: AsyncIterator[bytes], limit: int) -> bytes:
+    """At most ``limit`` bytes of a body: reading stops there, whatever the sender has left."""
     buf = b""
-    async for piece in resp.iter_batches():
+    async for piece in pieces:
         buf += piece
         if len(buf) >= limit:
             break
@@ -569,7 +585,7 @@ def inner_error(status: int, body: bytes) -> OpenPCCError:
     """The model server's refusal of one request (not a trust failure), as one line and a hint."""
     try:
         message = _error_message(json.loads(body))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # JSON, UTF-8, huge numbers, nesting
         message = ""
     if not message:
         message = " ".join(body[:300].decode(errors="replace").split()) or "(no details)"

@@ -97,7 +97,7 @@ def quote_from(data: bytes) -> bytes:
 def _bundle(data: bytes) -> dict[str, object]:
     try:
         bundle = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # JSON, UTF-8, huge numbers, nesting
         raise ParseError("the quote source looks like JSON but does not parse") from e
     if not isinstance(bundle, dict):
         raise ParseError("the attestation bundle is not a JSON object")

@@ -55,6 +55,12 @@ def _chunked_start() -> Message:
     return {"type": "http.response.start", "status": 200, "headers": list(_CHUNKED_HEADERS)}
 
 
+FRAMING_ALLOWANCE = 4096
+"""Bytes of OHTTP framing (header, chunk lengths, tags) a chunked request may add to
+``max_body_bytes``."""
+SEAL_CHUNK = 64 * 1024
+"""Most plaintext content bytes in one sealed response chunk."""
+
 KEYS_TYPE = "application/ohttp-keys"
 _KEY_PROBLEM_JSON = json.dumps(
     {
@@ -255,8 +261,9 @@ def create_app(state: GatewayState) -> ASGIApp:
 
     def _admit(key_id: int, enc: bytes) -> bool:
         """Count a decrypted request, or refuse a replay as opaquely as a decryption failure."""
-        if not state.keys.admit(key_id, enc):
-            m.outcome("replay")
+        admission = state.keys.admit(key_id, enc)
+        if admission != "new":
+            m.outcome("replay" if admission == "replay" else "decrypt_failed")
             return False
         m.decrypted += 1
         return True
@@ -273,14 +280,18 @@ def create_app(state: GatewayState) -> ASGIApp:
         return await state.serving.handle(req)
 
     async def _chunked(receive: Receive, send: Send) -> None:
-        opener = ChunkedRequestOpener(state.keys.accepted())
+        # One chunk may carry a whole body: what bounds a request is its size (413), not its
+        # chunking, so a body within the limit is never refused as undecryptable.
+        opener = ChunkedRequestOpener(
+            state.keys.accepted(), max_chunk_size=cfg.max_body_bytes + FRAMING_ALLOWANCE
+        )
         chunks: list[bytes] = []
         size = 0
         try:
             async with asyncio.timeout(cfg.body_read_timeout_s):
                 async for piece in _request_body(receive):
                     size += len(piece)
-                    if size > cfg.max_body_bytes + 4096:
+                    if size > cfg.max_body_bytes + FRAMING_ALLOWANCE:
                         raise _TooLarge
                     chunks.extend(opener.feed(piece))
                     if opener.finished:
@@ -307,7 +318,7 @@ def create_app(state: GatewayState) -> ASGIApp:
         if inner.stream is None:
             body = (
                 sealer.header()
-                + sealer.seal_chunk(head + encode_content_chunk(inner.body))
+                + _seal_content(sealer, inner.body, head)
                 + sealer.seal_chunk(encode_response_end(), final=True)
             )
             await send(_chunked_start())
@@ -336,9 +347,9 @@ def create_app(state: GatewayState) -> ASGIApp:
             prefix: bytes | None = sealer.header()
             async for piece in stream:
                 if prefix is None:
-                    chunk = sealer.seal_chunk(encode_content_chunk(piece))
+                    chunk = _seal_content(sealer, piece)
                 else:
-                    chunk = prefix + sealer.seal_chunk(head + encode_content_chunk(piece))
+                    chunk = prefix + _seal_content(sealer, piece, head)
                     prefix = None
                     yield _chunked_start()
                 yield {"type": "http.response.body", "body": chunk, "more_body": True}
@@ -387,6 +398,19 @@ def create_app(state: GatewayState) -> ASGIApp:
             await framework(scope, receive, send)
 
     return app
+
+
+def _seal_content(sealer: ChunkedResponseSealer, content: bytes, head: bytes = b"") -> bytes:
+    """``content`` as Binary HTTP content chunks of at most :data:`SEAL_CHUNK` bytes, each sealed
+    as one OHTTP chunk (``head``, the inner response head, in front of the first). A client's
+    opener bounds the chunks it accepts (ours at 1 MiB), so a large answer, or a large burst of a
+    stream, is never one chunk; an ordinary burst is one slice, one seal, one write."""
+    if len(content) <= SEAL_CHUNK:
+        return sealer.seal_chunk(head + encode_content_chunk(content))
+    out = [sealer.seal_chunk(head + encode_content_chunk(content[:SEAL_CHUNK]))]
+    for at in range(SEAL_CHUNK, len(content), SEAL_CHUNK):
+        out.append(sealer.seal_chunk(encode_content_chunk(content[at : at + SEAL_CHUNK])))
+    return b"".join(out)
 
 
 async def _request_body(receive: Receive) -> AsyncIterator[bytes]:

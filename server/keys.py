@@ -4,7 +4,8 @@ Replay window: an encapsulated key (``enc``) is remembered for as long as the ke
 to is accepted (its own lifetime plus the overlap). Memory is bounded by ``replay_max_per_key``:
 when the current key has seen that many requests it is rotated early, and a previous key whose
 memory is full is retired at once. So a replay is refused for the whole life of its key, never
-silently forgotten.
+silently forgotten; a request whose key retired while its body was still arriving is refused too
+(``admit`` says ``"retired"``), since its key's memory went with the key.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 from server.ohttp import KeyConfig, ServerKey
 
-__all__ = ["KeyRing"]
+__all__ = ["Admission", "KeyRing"]
+
+Admission = Literal["new", "replay", "retired"]
 
 
 @dataclass(slots=True)
@@ -112,16 +116,19 @@ class KeyRing:
         for cb in self._listeners:
             cb()
 
-    def admit(self, key_id: int, enc: bytes) -> bool:
-        """Record ``enc`` under ``key_id``; False when it was seen before (a replay)."""
+    def admit(self, key_id: int, enc: bytes) -> Admission:
+        """Record ``enc`` under ``key_id``: ``"new"``, or ``"replay"`` when it was seen before,
+        or ``"retired"`` when the key is no longer held (it retired while the request was being
+        read): its replay memory is gone, so the request cannot be shown to be fresh and is
+        refused like any request under an unknown key."""
         rotate = False
         with self._lock:
             slot = self._slot(key_id)
             if slot is None:
-                return True  # unknown key: decapsulation refuses it anyway
+                return "retired"
             if enc in slot.seen:
                 self.replays_refused += 1
-                return False
+                return "replay"
             slot.seen.add(enc)
             if len(slot.seen) >= self._max:
                 if slot is self._current:
@@ -132,7 +139,7 @@ class KeyRing:
                 self._rotate_locked(self._clock())
         if rotate:
             self._notify()
-        return True
+        return "new"
 
     def _slot(self, key_id: int) -> _Slot | None:
         if self._current.key.config.key_id == key_id:

@@ -23,6 +23,7 @@ OUTCOMES = (
     "engine_error",
     "unavailable",
     "timeout",
+    "client_gone",
 )
 
 _LATENCY_BUCKETS = (

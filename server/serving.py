@@ -78,7 +78,7 @@ class Serving:
             return await self._forward_plain("GET", path, None)
         try:
             payload = json.loads(req.body or b"{}")
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # malformed, not UTF-8, huge numbers, deep nesting
             self._metrics.outcome("bad_request")
             return openai_error(400, "request body is not valid JSON", "invalid_request_error")
         if not isinstance(payload, dict):
@@ -116,7 +116,7 @@ class Serving:
             self._metrics.add_tokens(
                 int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
             )
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError, ValueError):
+        except (AttributeError, TypeError, ValueError, RecursionError):
             return
 
     async def _forward_stream(self, path: str, body: bytes) -> InnerResponse:
@@ -183,12 +183,6 @@ def _prompt_tokens(piece: bytes) -> int:
             try:
                 usage = json.loads(line[6:]).get("usage") or {}
                 return int(usage.get("prompt_tokens", 0))
-            except (
-                json.JSONDecodeError,
-                UnicodeDecodeError,
-                AttributeError,
-                TypeError,
-                ValueError,
-            ):
+            except (AttributeError, TypeError, ValueError, RecursionError):
                 return 0
     return 0

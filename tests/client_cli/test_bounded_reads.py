@@ -132,3 +132,32 @@ def test_the_bundle_and_the_consistency_proof_are_asked_for_uncompressed(
         assert all(r.headers["accept-encoding"] == "identity" for r in transport.requests)
     paths = [r.url.path for r in transport.requests]
     assert "/v1/log/consistency" in paths
+
+
+def test_a_refusal_body_is_read_only_as_far_as_needed_on_the_httpx_path() -> None:
+    """An https node (or a relay, or a proxy in the way) answering 400 with an endless body:
+    the client reads at most a few pieces of it, then says the node refused."""
+    from attest.bundle import ClientPolicy, TrustAnchors
+    from attest.sevsnp.validate import SnpPolicy
+    from client_cli.session import Session
+    from server.ohttp import ChunkedRequestSealer, ServerKey
+
+    body = Endless()
+    session = Session(
+        "https://node.test",
+        trust=TrustAnchors(amd_roots=(), nvidia_roots=(), log_keys=()),
+        policy=ClientPolicy(snp=SnpPolicy()),
+        transport=httpx.MockTransport(lambda r: httpx.Response(400, content=body)),
+    )
+    opener = ChunkedRequestSealer(ServerKey.generate(1).config).response_opener()
+
+    async def go() -> None:
+        try:
+            async for _ in session._exchange(b"x", opener):
+                pass
+        finally:
+            await session.aclose()
+
+    with pytest.raises(TransportError, match="the node refused the request: bad request"):
+        asyncio.run(go())
+    assert body.pulled <= 2

@@ -150,3 +150,27 @@ def test_an_error_event_mid_stream_is_named() -> None:
     e = event_error({"error": {"message": "engine died"}})
     assert e is not None and "engine died" in str(e)
     assert event_error({"choices": []}) is None
+
+
+def test_sse_decoder_is_linear_in_a_big_piece() -> None:
+    """Many events in one piece are split once, not once per line (which copies the rest)."""
+    import time
+
+    from client_cli.session import SseDecoder
+
+    piece = b'data: {"choices": [{"delta": {"content": "x"}}]}\n\n' * 20_000  # ~1 MiB
+    t0 = time.perf_counter()
+    events = SseDecoder().feed(piece)
+    assert len(events) == 20_000
+    assert time.perf_counter() - t0 < 0.5  # quadratic splitting took seconds for this
+
+
+@pytest.mark.parametrize(
+    "payload", [b"data: " + b"[" * 100_000 + b"\n", b"data: " + b"9" * 5000 + b"\n"]
+)
+def test_sse_decoder_hostile_json_is_a_parse_error(payload: bytes) -> None:
+    from attest.errors import ParseError
+    from client_cli.session import SseDecoder
+
+    with pytest.raises(ParseError, match="malformed server-sent event"):
+        SseDecoder().feed(payload)

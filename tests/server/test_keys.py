@@ -36,9 +36,9 @@ def test_rotation_keeps_previous_key_during_overlap_only() -> None:
 def test_replay_is_refused_under_the_same_key() -> None:
     ring = KeyRing()
     kid = ring.current_config.key_id
-    assert ring.admit(kid, b"e" * 32)
-    assert not ring.admit(kid, b"e" * 32)
-    assert ring.admit(kid, b"f" * 32)
+    assert ring.admit(kid, b"e" * 32) == "new"
+    assert ring.admit(kid, b"e" * 32) == "replay"
+    assert ring.admit(kid, b"f" * 32) == "new"
     assert ring.replays_refused == 1
 
 
@@ -46,9 +46,9 @@ def test_replay_refused_for_previous_key_during_overlap() -> None:
     clock = Clock()
     ring = KeyRing(rotation_s=100, overlap_s=10, clock=clock)
     old = ring.current_config.key_id
-    assert ring.admit(old, b"x" * 32)
+    assert ring.admit(old, b"x" * 32) == "new"
     ring.rotate()
-    assert not ring.admit(old, b"x" * 32)
+    assert ring.admit(old, b"x" * 32) == "replay"
 
 
 def test_full_replay_memory_rotates_instead_of_forgetting() -> None:
@@ -56,15 +56,29 @@ def test_full_replay_memory_rotates_instead_of_forgetting() -> None:
     ring = KeyRing(rotation_s=1e9, overlap_s=10, replay_max_per_key=3, clock=clock)
     kid = ring.current_config.key_id
     for i in range(3):
-        assert ring.admit(kid, bytes([i]) * 32)
+        assert ring.admit(kid, bytes([i]) * 32) == "new"
     # The current key's memory is full: it was rotated, the old one is still remembered.
     assert ring.current_config.key_id != kid
-    assert not ring.admit(kid, bytes([0]) * 32)
+    assert ring.admit(kid, bytes([0]) * 32) == "replay"
     # The previous key's memory is full too: the first new request under it retires it.
-    assert ring.admit(kid, b"\x09" * 32)
+    assert ring.admit(kid, b"\x09" * 32) == "new"
     assert kid not in ring.accepted()
 
 
 def test_invalid_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="rotation_s"):
         KeyRing(rotation_s=0)
+
+
+def test_a_key_retired_while_a_request_was_read_refuses_it() -> None:
+    """The request was opened under a key that retired before admission: no memory can show it
+    is fresh, so it is refused (not waved through as "unknown")."""
+    clock = Clock()
+    ring = KeyRing(rotation_s=100, overlap_s=10, clock=clock)
+    old = ring.current_config.key_id
+    assert ring.admit(old, b"a" * 32) == "new"
+    ring.rotate()
+    clock.t += 11
+    assert old not in ring.accepted()
+    assert ring.admit(old, b"a" * 32) == "retired"
+    assert ring.admit(old, b"b" * 32) == "retired"
