@@ -15,6 +15,8 @@ from attest.errors import ParseError
 from server.ohttp._varint import decode_varint, encode_varint
 
 __all__ = [
+    "MAX_FIELDS",
+    "MAX_SECTION_BYTES",
     "BhttpRequest",
     "BhttpResponse",
     "Fields",
@@ -30,6 +32,10 @@ KNOWN_REQUEST = 0
 KNOWN_RESPONSE = 1
 INDETERMINATE_REQUEST = 2
 INDETERMINATE_RESPONSE = 3
+MAX_FIELDS = 256
+"""Most field lines in one header or trailer section (HTTP servers allow about 100)."""
+MAX_SECTION_BYTES = 64 * 1024
+"""Most bytes in one field section, as the gateway's HTTP server bounds its own headers."""
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-zA-Z]+")
 _LOWER_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")
@@ -203,24 +209,35 @@ def _field_line(r: _Reader, name: bytes) -> tuple[str, str]:
     return name.decode("ascii"), value.decode("latin-1")
 
 
+def _bounded(fields: list[tuple[str, str]], size: int) -> None:
+    if len(fields) > MAX_FIELDS or size > MAX_SECTION_BYTES:
+        raise ParseError(
+            f"binary HTTP: a field section over {MAX_FIELDS} fields or {MAX_SECTION_BYTES} bytes"
+        )
+
+
 def _known_section(r: _Reader) -> Fields:
     section = _Reader(r.lp("field section"))
+    _bounded([], len(section.data))
     fields: list[tuple[str, str]] = []
     while not section.at_end():
         name = section.lp("field name")
         if not name:
             raise ParseError("binary HTTP: empty field name")
         fields.append(_field_line(section, name))
+        _bounded(fields, 0)
     return tuple(fields)
 
 
 def _indeterminate_section(r: _Reader) -> Fields:
     fields: list[tuple[str, str]] = []
+    start = r.pos
     while True:
         name = r.lp("field name")
         if not name:
             return tuple(fields)
         fields.append(_field_line(r, name))
+        _bounded(fields, r.pos - start)
 
 
 def _section_or_empty(r: _Reader, indeterminate: bool) -> Fields:

@@ -239,3 +239,27 @@ def test_decoders_raise_only_parse_error(data: bytes) -> None:
     for decode in (decode_request, decode_response):
         with contextlib.suppress(ParseError):
             decode(data)
+
+
+@pytest.mark.parametrize("indeterminate", [False, True])
+def test_field_sections_are_bounded(indeterminate: bool) -> None:
+    """A 1 MiB body of tiny header lines must not cost the event loop a long parse."""
+    from server.ohttp._bhttp import MAX_FIELDS, MAX_SECTION_BYTES
+
+    many = tuple((f"x{i}", "") for i in range(MAX_FIELDS + 1))
+    wire = encode_request(
+        BhttpRequest("GET", "https", "h", "/", many, b""), indeterminate=indeterminate
+    )
+    with pytest.raises(ParseError, match="field section over"):
+        decode_request(wire)
+    big = (("x", "v" * MAX_SECTION_BYTES),)
+    wire = encode_request(
+        BhttpRequest("GET", "https", "h", "/", big, b""), indeterminate=indeterminate
+    )
+    with pytest.raises(ParseError, match="field section over"):
+        decode_request(wire)
+    ok = tuple((f"x{i}", "v") for i in range(MAX_FIELDS))
+    wire = encode_request(
+        BhttpRequest("GET", "https", "h", "/", ok, b""), indeterminate=indeterminate
+    )
+    assert decode_request(wire).headers == ok
