@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 
-from attest.crl import load_crl
+from attest.crl import load_crl, validity_problem
 from attest.errors import ParseError, VerificationError
 from attest.sevsnp.abi import (
     PRODUCTS,
@@ -428,7 +428,9 @@ def verify_report(
                 f"no CRL given is issued by {_cn(root.subject)!r}, the root this chain ends in",
                 hint="add that product's CRL (AMD KDS: /vcek/v1/<product>/crl)",
             )
-        ok("crl", _check_crl(mine[0], chain, root, at))
+        # Every CRL this root issued speaks (AMD's VCEK and VLEK CRLs share the ARK): a chain
+        # certificate revoked by any of them is revoked.
+        ok("crl", "; ".join(_check_crl(c, chain, root, at) for c in mine))
 
     cert_tcb = _cert_tcb(signing, chain_product)
     reported = TcbVersion.decode(report.reported_tcb, chain_product)
@@ -477,9 +479,13 @@ def _check_crl(
     problem = _signed_by(crl, root)
     if problem is not None:
         raise VerificationError("crl", f"CRL {problem}")
-    if crl.last_update_utc > at:
+    problem = validity_problem(crl, at)
+    if problem is not None:
         raise VerificationError(
-            "crl", f"CRL is issued {crl.last_update_utc.isoformat()}, after {at.isoformat()}"
+            "crl",
+            f"CRL {problem}",
+            hint="fetch the product's current CRL from AMD KDS (/vcek/v1/<product>/crl, and "
+            "/vlek/v1/<product>/crl for VLEK-signed reports)",
         )
     for cert in chain:
         if cert.issuer != crl.issuer or cert.issuer == cert.subject:
@@ -488,10 +494,7 @@ def _check_crl(
             raise VerificationError(
                 "crl", f"{_cn(cert.subject)!r} (serial {cert.serial_number}) is revoked"
             )
-    stale = ""
-    if crl.next_update_utc is not None and crl.next_update_utc < at:
-        stale = f" (STALE: its next update was due {crl.next_update_utc.date().isoformat()})"
-    return f"not revoked per CRL of {crl.last_update_utc.date().isoformat()}{stale}"
+    return f"not revoked per CRL of {crl.last_update_utc.date().isoformat()}"
 
 
 def _fetch_vcek(

@@ -281,10 +281,28 @@ def test_crls_are_picked_by_the_pinned_root_even_for_a_vcek_only_chain(
     assert info.value.check == "crl" and "no CRL given" not in info.value.detail
 
 
-def test_a_stale_crl_is_used_and_said_to_be_stale(sim: SimulatedSnpSigner) -> None:
+def test_a_stale_crl_is_refused(sim: SimulatedSnpSigner) -> None:
+    """Past its next update a CRL cannot speak for now: revocations since are unknown."""
     from datetime import timedelta
 
     report = parse_report(sim.sign(report_data=RD, measurement=MEAS))
     old = sim.crl(now=datetime.now(UTC) - timedelta(days=60))
-    v = verify_report(report, sim.certificates(), roots=[sim.ark_certificate()], crls=[old])
-    assert "(STALE: its next update was due" in dict(v.checks)["crl"]
+    with pytest.raises(VerificationError) as info:
+        verify_report(report, sim.certificates(), roots=[sim.ark_certificate()], crls=[old])
+    assert info.value.check == "crl"
+    assert info.value.detail.startswith("CRL is stale: its next update was due")
+    assert "AMD KDS" in info.value.hint
+
+
+def test_every_crl_of_the_root_is_consulted(sim: SimulatedSnpSigner) -> None:
+    """Two CRLs from one ARK (AMD's VCEK and VLEK CRLs, or an old and a new one): a chain
+    certificate revoked in the second is revoked, whichever comes first."""
+    report = parse_report(sim.sign(report_data=RD, measurement=MEAS))
+    ask = sim.certificates()[1]
+    benign, revoking = sim.crl(), sim.crl([ask.serial_number])
+    for crls in ([benign, revoking], [revoking, benign]):
+        with pytest.raises(VerificationError) as info:
+            verify_report(report, sim.certificates(), roots=[sim.ark_certificate()], crls=crls)
+        assert info.value.check == "crl" and "is revoked" in info.value.detail
+    v = verify_report(report, sim.certificates(), roots=[sim.ark_certificate()], crls=[benign] * 2)
+    assert dict(v.checks)["crl"].count("not revoked per CRL of") == 2
