@@ -241,10 +241,12 @@ class ClientPolicy:
                 hint="remove allow_debug / allow_migrate_ma from the [snp] policy "
                 "(`openpcc verify-report` still takes them for offline inspection)",
             )
-        if self.tdx is not None and self.tdx.allow_debug:
+        if self.tdx is not None and (self.tdx.allow_debug or self.tdx.allow_migratable):
             raise ParseError(
-                "policy: a TDX policy may not allow debug: a debug TD is open to the host",
-                hint="remove allow_debug from the [tdx] policy",
+                "policy: a TDX policy may not allow debug or migration: a debug TD is open to "
+                "the host, a migratable one can be exported through a migration TD it picks",
+                hint="remove allow_debug / allow_migratable from the [tdx] policy "
+                "(`openpcc verify-tdx` still takes them for offline inspection)",
             )
         if self.tdx is not None and self.tdx.report_data is not None:
             raise ParseError(

@@ -26,6 +26,7 @@ __all__ = [
     "ATTESTATION_KEY_TYPE_ECDSA_P256",
     "HEADER_SIZE",
     "TD_ATTRIBUTES_DEBUG",
+    "TD_ATTRIBUTES_MIGRATABLE",
     "TEE_TYPE_TDX",
     "QeReport",
     "Quote",
@@ -69,6 +70,7 @@ BODY_MRSERVICETD = 0x258
 TD15_BODY_SIZE = 0x288  # 648
 MR_SIZE = 48
 TD_ATTRIBUTES_DEBUG = 0x01  # TD_ATTRIBUTES bit 0 (TUD.DEBUG)
+TD_ATTRIBUTES_MIGRATABLE = 1 << 29  # TD_ATTRIBUTES bit 29 (SEC.MIGRATABLE), little-endian u64
 # Signature data.
 SIG_DATA_LENGTH_SIZE = 4
 ECDSA_SIGNATURE_SIZE = 64  # P-256 r || s, big-endian
@@ -124,6 +126,17 @@ class TdReportBody:
         """TD_ATTRIBUTES.DEBUG: the TD's memory and state are open to the host."""
         return bool(self.td_attributes[0] & TD_ATTRIBUTES_DEBUG)
 
+    @property
+    def migratable(self) -> bool:
+        """TD_ATTRIBUTES.MIGRATABLE: the TD's state may be exported through a migration TD."""
+        return bool(int.from_bytes(self.td_attributes, "little") & TD_ATTRIBUTES_MIGRATABLE)
+
+    @property
+    def service_td_bound(self) -> bool:
+        """A TD 1.5 body whose MRSERVICETD is not zero: a service TD (a migration TD, say) is
+        bound to this TD and can act on it."""
+        return self.mrservicetd is not None and any(self.mrservicetd)
+
 
 @dataclass(frozen=True, slots=True)
 class QeReport:
@@ -170,6 +183,7 @@ class Quote:
             "seam_attributes": b.seam_attributes.hex(),
             "td_attributes": b.td_attributes.hex(),
             "debug": b.debug,
+            "migratable": b.migratable,
             "xfam": b.xfam.hex(),
             "mrtd": b.mrtd.hex(),
             "mrconfigid": b.mrconfigid.hex(),

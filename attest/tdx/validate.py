@@ -1,5 +1,10 @@
-"""Policy for a verified TDX quote: debug bit, MRTD / RTMR / config allowlists, report data,
-and the platform TCB status that collateral evaluation found.
+"""Policy for a verified TDX quote: debug and migratable bits, bound service TDs, MRTD / RTMR /
+config allowlists, report data, and the platform TCB status that collateral evaluation found.
+
+The floor, whatever the policy lists: DEBUG off, MIGRATABLE off (the TDX counterpart of SEV-SNP's
+MIGRATE_MA), and no service TD bound (a TD 1.5 quote's MRSERVICETD zero) unless ``mrservicetd``
+lists it. ``allow_debug`` / ``allow_migratable`` lift the first two for offline inspection only:
+a client policy refuses them.
 
 Policy is data: :class:`TdxPolicy` is frozen and built from a mapping or a TOML file; unknown
 keys, wrong types and an empty policy are :class:`ParseError`. :func:`validate_quote` collects
@@ -38,6 +43,8 @@ _ALLOWLISTS = ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mrconfigid", "mrowne
 _KEYS = frozenset(
     {
         "allow_debug",
+        "allow_migratable",
+        "mrservicetd",
         "report_data",
         "accepted_tcb_statuses",
         "require_collateral",
@@ -81,6 +88,9 @@ class TdxPolicy:
     ``accepted_tcb_statuses`` says otherwise."""
 
     allow_debug: bool = False
+    allow_migratable: bool = False
+    mrservicetd: tuple[bytes, ...] = ()
+    """Service TDs a TD 1.5 quote may be bound to (MRSERVICETD); none unless listed."""
     mrtd: tuple[bytes, ...] = ()
     rtmr0: tuple[bytes, ...] = ()
     rtmr1: tuple[bytes, ...] = ()
@@ -104,6 +114,15 @@ class TdxPolicy:
         allow_debug = data.get("allow_debug", False)
         if not isinstance(allow_debug, bool):
             raise ParseError("TDX policy allow_debug must be true or false")
+        allow_migratable = data.get("allow_migratable", False)
+        if not isinstance(allow_migratable, bool):
+            raise ParseError("TDX policy allow_migratable must be true or false")
+        service_tds: tuple[bytes, ...] = ()
+        if "mrservicetd" in data:
+            values = data["mrservicetd"]
+            if not isinstance(values, list) or not values:
+                raise ParseError("TDX policy mrservicetd must be a non-empty list of hex strings")
+            service_tds = tuple(_hex("mrservicetd", v, MR_SIZE) for v in values)
         require_collateral = data.get("require_collateral", False)
         if not isinstance(require_collateral, bool):
             raise ParseError("TDX policy require_collateral must be true or false")
@@ -130,6 +149,8 @@ class TdxPolicy:
         )
         return cls(
             allow_debug=allow_debug,
+            allow_migratable=allow_migratable,
+            mrservicetd=service_tds,
             report_data=report_data,
             accepted_tcb_statuses=accepted,
             require_collateral=require_collateral,
@@ -162,6 +183,20 @@ def validate_quote(
         )
     else:
         passed.append(("tdx-debug", f"td_attributes {body.td_attributes.hex()}"))
+    if body.migratable and not policy.allow_migratable:
+        violations.append(
+            f"td_attributes.migratable: quote {body.td_attributes.hex()} sets MIGRATABLE (its "
+            "state can be exported through a migration TD the host picks), policy forbids it"
+        )
+    if body.service_td_bound:
+        assert body.mrservicetd is not None
+        if any(hmac.compare_digest(body.mrservicetd, a) for a in policy.mrservicetd):
+            passed.append(("tdx-mrservicetd", body.mrservicetd.hex()))
+        else:
+            violations.append(
+                f"mrservicetd: the TD is bound to service TD {body.mrservicetd.hex()}, which the "
+                "policy does not list"
+            )
     values = {
         "mrtd": body.mrtd,
         "rtmr0": body.rtmrs[0],

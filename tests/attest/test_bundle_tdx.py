@@ -501,6 +501,8 @@ def test_real_tdx_with_no_intel_root_fails_closed(node: TdxNode) -> None:
 def test_a_tdx_policy_never_allows_debug() -> None:
     with pytest.raises(ParseError, match="may not allow debug"):
         ClientPolicy(snp=SnpPolicy(), tdx=TdxPolicy(allow_debug=True))
+    with pytest.raises(ParseError, match="may not allow debug or migration"):
+        ClientPolicy(snp=SnpPolicy(), tdx=TdxPolicy(allow_migratable=True))
     with pytest.raises(ParseError, match="may not pin report_data"):
         ClientPolicy(snp=SnpPolicy(), tdx=TdxPolicy(report_data=bytes(64)))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
@@ -336,3 +337,54 @@ def test_qe_identity_floor_rows(tmp_path: Path, fields: dict[str, Any], says: st
     with pytest.raises(VerificationError, match=says) as err:
         verify_quote(quote, roots=[signer.root_certificate()], qe_mrsigner=expected)
     assert err.value.check == "tdx-qe-identity-floor"
+
+
+def _with_attributes(quote: Quote, attributes: bytes) -> Quote:
+    return dataclasses.replace(
+        quote, body=dataclasses.replace(quote.body, td_attributes=attributes)
+    )
+
+
+def test_policy_migratable_forbidden_by_default(quote: Quote) -> None:
+    """MIGRATABLE (bit 29) is TDX's MIGRATE_MA: the floor refuses it, as SEV-SNP's does."""
+    migratable = _with_attributes(quote, bytes.fromhex("0000003000000000"))  # bits 28 and 29
+    assert migratable.body.migratable and not migratable.body.debug
+    assert not quote.body.migratable
+    with pytest.raises(PolicyError) as err:
+        validate_quote(migratable, TdxPolicy())
+    assert err.value.violations == (
+        "td_attributes.migratable: quote 0000003000000000 sets MIGRATABLE (its state can be "
+        "exported through a migration TD the host picks), policy forbids it",
+    )
+    assert validate_quote(migratable, TdxPolicy(allow_migratable=True))
+    assert TdxPolicy.from_mapping({"allow_migratable": True}).allow_migratable
+
+
+def test_policy_a_bound_service_td_must_be_listed(raw: bytes) -> None:
+    v5 = parse_quote(_as_v5(raw, td15=True))  # MRSERVICETD 5a..5a: a service TD is bound
+    assert v5.body.service_td_bound
+    policy = TdxPolicy(allow_debug=True)
+    with pytest.raises(PolicyError) as err:
+        validate_quote(v5, policy)
+    assert err.value.violations == (
+        f"mrservicetd: the TD is bound to service TD {'5a' * 48}, which the policy does not list",
+    )
+    listed = TdxPolicy.from_mapping({"allow_debug": True, "mrservicetd": ["5a" * 48]})
+    assert ("tdx-mrservicetd", "5a" * 48) in validate_quote(v5, listed)
+    # A TD 1.0 body has no MRSERVICETD, and a zero one binds nothing.
+    assert not parse_quote(_as_v5(raw, td15=False)).body.service_td_bound
+    zero = dataclasses.replace(v5, body=dataclasses.replace(v5.body, mrservicetd=bytes(48)))
+    assert validate_quote(zero, policy)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"allow_migratable": "yes"}, "allow_migratable must be true or false"),
+        ({"mrservicetd": "00"}, "mrservicetd must be a non-empty list"),
+        ({"mrservicetd": ["00"]}, "48 bytes"),
+    ],
+)
+def test_policy_floor_keys_are_strict(data: dict[str, object], message: str) -> None:
+    with pytest.raises(ParseError, match=message):
+        TdxPolicy.from_mapping(data)
