@@ -28,8 +28,15 @@ GPU_NONCE_LABEL = b"openpcc/gpu-nonce/v1"
 
 
 def canonical_json(obj: object) -> bytes:
-    """UTF-8, sorted keys, no insignificant whitespace."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    """UTF-8, sorted keys, no insignificant whitespace. ParseError for what has no UTF-8 form
+    (a lone surrogate, which JSON's ``\\ud800`` escape can smuggle in) or is not JSON at all."""
+    try:
+        text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return text.encode()
+    except UnicodeEncodeError as exc:
+        raise ParseError("JSON holds a string with no UTF-8 form (a lone surrogate)") from exc
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ParseError(f"not canonical-JSON-able: {type(exc).__name__}") from exc
 
 
 def gpu_nonce(nonce: bytes | None) -> bytes:

@@ -69,6 +69,7 @@ from datetime import UTC, datetime
 from typing import Literal, Protocol
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 
 from attest import binding, tlog
@@ -460,7 +461,11 @@ def run_verification(
         # 6b. transparency log
         log_index, tree_size = -1, 0
         if "transparency-log" in policy.skip:
-            r.skipped("transparency-log", "skipped: the policy names it")
+            r.skipped(
+                "transparency-log",
+                "skipped: the policy names it; the manifest, and the measurement it names, are "
+                "the node's own word",
+            )
         else:
             try:
                 log_index, tree_size, log_detail = _check_log(b, trust, checkpoints, consistency)
@@ -508,12 +513,33 @@ def run_verification(
         # 9. key configuration
         try:
             key_config = KeyConfig.parse(b.key_config)
+            suite = key_config.select_suite()
         except ParseError as e:
             raise r.fail("key-config", e) from e
-        r.passed("key-config", f"key id {key_config.key_id}, {len(key_config.suites)} suite(s)")
+        except ValueError as e:  # nothing this client can encrypt to
+            raise r.fail("key-config", VerificationError("key-config", str(e))) from e
+        r.passed(
+            "key-config",
+            f"key id {key_config.key_id}, {len(key_config.suites)} suite(s); using {suite}",
+        )
     except _Failed:
         assert r.error is not None
         return VerificationRun(r.results, error=r.error)
+    except (OpenPCCError, ValueError, TypeError, RecursionError, UnsupportedAlgorithm) as e:
+        # Attacker-made bytes that a library chokes on (a certificate's unknown key type or
+        # malformed extension, a surrogate in JSON): the check in progress fails, naming it.
+        name = next(
+            (n for n, _ in CHECK_ORDER if n not in {c.name for c in r.results}), "key-config"
+        )
+        error = (
+            _as_check(name, e)
+            if isinstance(e, (ParseError, VerificationError))
+            else e
+            if isinstance(e, OpenPCCError)
+            else VerificationError(name, f"malformed evidence: {type(e).__name__}: {e}"[:300])
+        )
+        r.fail(name, error)
+        return VerificationRun(r.results, error=error)
 
     node = VerifiedNode(
         tee=b.tee,
@@ -571,16 +597,26 @@ def _snp_checks(
             raise r.fail("cert-chain", _no_simulation_root())
     else:
         roots = trust.amd_roots
+    done: dict[str, str] = {}
     try:
         certs = load_certificates(b.certs)
-        verified = verify_report(report, certs, roots=list(roots), now=now, crls=policy.snp_crls)
+        verified = verify_report(
+            report,
+            certs,
+            roots=list(roots),
+            now=now,
+            crls=policy.snp_crls,
+            on_check=done.__setitem__,
+        )
     except ParseError as e:
         raise r.fail("cert-chain", e) from e
     except VerificationError as e:
         name = _SNP_CHECK_NAMES.get(e.check, "cert-chain")
         err = VerificationError(name, e.detail, hint=e.hint)
-        if name != "report-signature":
-            r.passed("report-signature", "ECDSA P-384/SHA-384 over 0x000-0x29F")
+        # Only what really passed is shown as passed: a report whose signing certificate is
+        # missing fails at the chain with its signature never checked.
+        if name != "report-signature" and "signature" in done:
+            r.passed("report-signature", done["signature"])
         if name == "tcb-consistency":
             r.passed("cert-chain", "chain to the pinned root verified")
         raise r.fail(name, err) from e
@@ -590,7 +626,10 @@ def _snp_checks(
     r.passed(
         "cert-chain", f"{verified.product}: " + detail.get("chain", "verified") + "; " + revocation
     )
-    r.passed("tcb-consistency", detail.get("tcb", "certificate TCB equals REPORTED_TCB"))
+    tcb = detail.get("tcb", "certificate TCB equals REPORTED_TCB")
+    r.passed(
+        "tcb-consistency", tcb + (f"; chip id: {detail['chip_id']}" if "chip_id" in detail else "")
+    )
 
     # 5. policy: the floor (DEBUG and MIGRATE_MA off, VMPL 0 unless the policy names VMPLs) and
     # whatever else the policy asks; what it does not ask is named in the detail as not checked

@@ -11,23 +11,26 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from attest.errors import VerificationError
 
-__all__ = ["issued_by", "verify_chain"]
+__all__ = ["issued_by", "public_key", "verify_chain"]
 
 
 def _is_ca(cert: x509.Certificate) -> bool:
+    """A CA allowed to sign certificates; a certificate whose extensions do not parse is not."""
     try:
-        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
+        extensions = cert.extensions
+        constraints = extensions.get_extension_for_class(x509.BasicConstraints).value
+    except (x509.ExtensionNotFound, ValueError):
         return False
     if not constraints.ca:
         return False
     try:
-        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        usage = extensions.get_extension_for_class(x509.KeyUsage).value
     except x509.ExtensionNotFound:
         return True
     return usage.key_cert_sign
@@ -42,11 +45,20 @@ def _check_time(cert: x509.Certificate, now: datetime, check: str) -> None:
         )
 
 
+def public_key(cert: x509.Certificate) -> CertificatePublicKeyTypes | None:
+    """The certificate's key, or None when its type or encoding cannot be loaded (a certificate
+    from the network may carry anything): callers check the type they need anyway."""
+    try:
+        return cert.public_key()
+    except (UnsupportedAlgorithm, ValueError):
+        return None
+
+
 def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     """Whether ``issuer``'s name and key signed ``cert``."""
     try:
         cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
         return False
     return True
 

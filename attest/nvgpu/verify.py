@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from attest.errors import ParseError, VerificationError
-from attest.nvgpu._chain import verify_chain
+from attest.nvgpu._chain import public_key, verify_chain
 from attest.nvgpu._simulated import SIMULATED_DRIVER_VERSION, SIMULATED_REFERENCE
 from attest.nvgpu.abi import (
     SIGNATURE_SIZE,
@@ -186,7 +186,7 @@ def leaf_fwid(leaf: x509.Certificate) -> bytes:
 
 
 def _verify_signature(report: GpuReport, leaf: x509.Certificate) -> None:
-    key = leaf.public_key()
+    key = public_key(leaf)
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
         raise VerificationError("gpu-signature", "leaf key is not ECDSA P-384")
     half = SIGNATURE_SIZE // 2

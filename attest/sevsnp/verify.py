@@ -26,6 +26,7 @@ from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 
 from attest.crl import load_crl, validity_problem
 from attest.errors import ParseError, VerificationError
+from attest.nvgpu._chain import public_key
 from attest.sevsnp.abi import (
     PRODUCTS,
     SIGNATURE_ALGO_ECDSA_P384_SHA384,
@@ -159,7 +160,7 @@ def _signed_by(
         return f"unsupported signature hash: {exc}"
     if not isinstance(hash_alg, hashes.SHA384):
         return "signature hash is not SHA-384"
-    key = issuer.public_key()
+    key = public_key(issuer)
     if not isinstance(key, rsa.RSAPublicKey):
         return "issuer key is not RSA"
     tbs = (
@@ -237,7 +238,7 @@ def _hwid(cert: x509.Certificate) -> bytes | None:
 
 
 def _check_signature(report: Report, cert: x509.Certificate) -> None:
-    key = cert.public_key()
+    key = public_key(cert)
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
         raise VerificationError("signature", "signing certificate key is not ECDSA P-384")
     r = int.from_bytes(report.signature_r, "little")
@@ -253,7 +254,7 @@ def _check_signature(report: Report, cert: x509.Certificate) -> None:
 
 
 def _is_signing_cert(cert: x509.Certificate) -> bool:
-    key = cert.public_key()
+    key = public_key(cert)
     return isinstance(key, ec.EllipticCurvePublicKey)
 
 
@@ -367,7 +368,7 @@ def verify_report(
         if (
             cand.issuer == cand.subject
             and cand.subject == root.subject
-            and cand.public_key() != root_key
+            and public_key(cand) != root_key
         ):
             raise VerificationError(
                 "chain", f"supplied {_cn(cand.subject)!r} is not the pinned root"

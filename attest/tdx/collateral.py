@@ -69,7 +69,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from attest.crl import load_crl, validity_problem
 from attest.errors import ParseError, PolicyError, VerificationError
-from attest.nvgpu._chain import issued_by
+from attest.nvgpu._chain import issued_by, public_key
 from attest.nvgpu.verify import verify_chain
 from attest.tdx.abi import TEE_TYPE_TDX, Quote
 from attest.tdx.pck import PckExtensions, pck_extensions
@@ -636,7 +636,7 @@ def _signing_key(
         raise VerificationError(
             check, f"signer is {signer.subject.rfc4514_string()}, not CN={TCB_SIGNING_CN}"
         )
-    key = signer.public_key()
+    key = public_key(signer)
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
         raise VerificationError(check, "TCB signing key is not ECDSA P-256")
     return key
@@ -688,7 +688,7 @@ def _verified_crl(
             if name == "PCK CRL"
             else "the Root CA CRL must be the Intel SGX Root CA's",
         )
-    key = issuer.public_key()
+    key = public_key(issuer)
     if not isinstance(key, ec.EllipticCurvePublicKey) or not crl.is_signature_valid(key):
         raise VerificationError(
             check, f"{name} signature does not verify with {_common_name(issuer)!r}'s key"

@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from attest.errors import VerificationError
+from attest.nvgpu._chain import public_key
 from attest.nvgpu.verify import verify_chain
 from attest.tdx.abi import ECDSA_SIGNATURE_SIZE, Quote
 from attest.tdx.collateral import (
@@ -176,7 +177,7 @@ def run_quote_checks(
         )
     )
     pck = quote.pck_chain[0]
-    pck_key = pck.public_key()
+    pck_key = public_key(pck)
     if not isinstance(pck_key, ec.EllipticCurvePublicKey) or pck_key.curve.name != "secp256r1":
         raise VerificationError("tdx-qe-report-signature", "PCK key is not ECDSA P-256")
     if not _p256_verify(pck_key, quote.qe_report_signature, quote.qe_report.raw):

@@ -126,6 +126,17 @@ def _garbage_key_config_bound(node: Any, b: Bundle, nonce: bytes | None) -> Bund
     return node.rebind(b, nonce)  # type: ignore[no-any-return]
 
 
+def _no_usable_suite_bound(node: Any, b: Bundle, nonce: bytes | None) -> Bundle:
+    # A well-formed key configuration offering only a suite this client cannot encrypt to
+    # (HKDF-SHA256 with AES-256-GCM): check 9 must say so, not let sealing fail later.
+    from server.ohttp import KeyConfig, Suite
+
+    config = node.keys.current_config
+    only = KeyConfig(config.key_id, config.kem_id, config.public_key, (Suite(0x0001, 0x0002),))
+    b["key_config"] = _b64(only.encode())
+    return node.rebind(b, nonce)  # type: ignore[no-any-return]
+
+
 @dataclass(frozen=True)
 class Row:
     id: str
@@ -186,6 +197,14 @@ ROWS = [
     Row("gpu-cc-off", "gpu", _gpu_cc_off_bound, VerificationError, 4, "confidential-computing"),
     Row("gpu-stale-nonce", "gpu", _gpu_stale_nonce_bound, VerificationError, 4, "nonce"),
     Row("key-config", "key-config", _garbage_key_config_bound, ParseError, 3, "key config"),
+    Row(
+        "key-config-no-usable-suite",
+        "key-config",
+        _no_usable_suite_bound,
+        VerificationError,
+        4,
+        "offers no supported suite",
+    ),
 ]
 
 
@@ -261,3 +280,62 @@ def test_the_report_data_recipe_is_the_contracts(node: Any) -> None:
     from attest.sevsnp.abi import parse_report
 
     assert parse_report(report).report_data == want
+
+
+def _without_signing_certificate(node: Any, b: Bundle, nonce: bytes | None) -> Bundle:
+    certs = str(b["certs"]).split("-----END CERTIFICATE-----\n")
+    b["certs"] = "-----END CERTIFICATE-----\n".join(certs[1:])  # the VCEK (first) is gone
+    return b
+
+
+def test_a_signature_never_checked_is_never_shown_as_passed(node: Any) -> None:
+    """No VCEK in the bundle (and none fetched): the chain fails, and the signature, which no
+    key could check, reads not-run rather than pass."""
+    transport = node.transport(_without_signing_certificate)
+    session = node.session(transport)
+    with pytest.raises(VerificationError, match="no VCEK certificate supplied"):
+        _send_one(session)
+    statuses = {c.name: c.status for c in session.last_run.checks}
+    assert statuses["report-signature"] == "not-run"
+    assert statuses["cert-chain"] == "fail"
+    assert transport.ohttp_posts == []
+
+
+def _surrogate_in_manifest(node: Any, b: Bundle, nonce: bytes | None) -> Bundle:
+    b["manifest"] = {**dict(b["manifest"]), "note": "\ud800"}  # type: ignore[call-overload]
+    return b
+
+
+def _certificate_with_an_unknown_key(node: Any, b: Bundle, nonce: bytes | None) -> Bundle:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    pems = x509.load_pem_x509_certificates(str(b["certs"]).encode())
+    der = bytearray(pems[0].public_bytes(Encoding.DER))
+    at = der.index(bytes.fromhex("06072a8648ce3d0201"))  # id-ecPublicKey, in the leaf's SPKI
+    der[at + 2 : at + 9] = bytes.fromhex("2a8648ce3d0209")  # an OID no library knows as a key
+    bad = x509.load_der_x509_certificate(bytes(der))
+    b["certs"] = "".join(c.public_bytes(Encoding.PEM).decode() for c in [bad, *pems[1:]])
+    return b
+
+
+@pytest.mark.parametrize(
+    ("mutate", "check"),
+    [
+        (_surrogate_in_manifest, "transparency-log"),
+        (_certificate_with_an_unknown_key, "cert-chain"),
+    ],
+    ids=["lone-surrogate-in-manifest", "certificate-with-unknown-key-type"],
+)
+def test_evidence_a_library_chokes_on_fails_a_check_not_the_client(
+    node: Any, mutate: Callable[[Any, Bundle, bytes | None], Bundle], check: str
+) -> None:
+    """Bytes that make cryptography or the JSON encoder raise their own errors end as one of
+    our errors naming a check: never a traceback, never a request sent."""
+    transport = node.transport(mutate)
+    session = node.session(transport)
+    with pytest.raises(OpenPCCError):
+        _send_one(session)
+    statuses = {c.name: c.status for c in session.last_run.checks}
+    assert statuses[check] == "fail", session.last_run.to_dict()
+    assert transport.ohttp_posts == []
