@@ -87,6 +87,7 @@ from attest.nvgpu import (
 )
 from attest.sevsnp.abi import Report, parse_report
 from attest.sevsnp.validate import SnpPolicy, validate_report
+from attest.sevsnp.verify import CHECKS as SNP_CHECKS
 from attest.sevsnp.verify import load_certificates, verify_report
 from attest.tdx.abi import MR_SIZE, Quote, parse_quote, parse_register
 from attest.tdx.collateral import (
@@ -525,18 +526,18 @@ def run_verification(
     except _Failed:
         assert r.error is not None
         return VerificationRun(r.results, error=r.error)
-    except (OpenPCCError, ValueError, TypeError, RecursionError, UnsupportedAlgorithm) as e:
-        # Attacker-made bytes that a library chokes on (a certificate's unknown key type or
-        # malformed extension, a surrogate in JSON): the check in progress fails, naming it.
-        name = next(
-            (n for n, _ in CHECK_ORDER if n not in {c.name for c in r.results}), "key-config"
-        )
+    except _NET as e:
+        # A last net: attacker-made bytes that a library chokes on somewhere not wrapped where
+        # it is called fail the check in progress, naming it (a programming error, TypeError
+        # and the like, is not caught: it is ours, not the node's).
+        done_names = {c.name for c in r.results}
+        name = next((n for n, _ in CHECK_ORDER if n not in done_names), "key-config")
         error = (
             _as_check(name, e)
             if isinstance(e, (ParseError, VerificationError))
             else e
             if isinstance(e, OpenPCCError)
-            else VerificationError(name, f"malformed evidence: {type(e).__name__}: {e}"[:300])
+            else _malformed(name, e)
         )
         r.fail(name, error)
         return VerificationRun(r.results, error=error)
@@ -610,6 +611,12 @@ def _snp_checks(
         )
     except ParseError as e:
         raise r.fail("cert-chain", e) from e
+    except _LIBRARY_ERRORS as e:
+        step = next((c for c in SNP_CHECKS if c not in done), "chain")
+        name = _SNP_CHECK_NAMES.get(step, "cert-chain")
+        if name != "report-signature" and "signature" in done:
+            r.passed("report-signature", done["signature"])
+        raise r.fail(name, _malformed(name, e)) from e
     except VerificationError as e:
         name = _SNP_CHECK_NAMES.get(e.check, "cert-chain")
         err = VerificationError(name, e.detail, hint=e.hint)
@@ -699,6 +706,8 @@ def _tdx_checks(
             now=now,
             qe_mrsigner=SIMULATED_TD_QE_MRSIGNER if simulated else INTEL_TD_QE_MRSIGNER,
         )
+    except _LIBRARY_ERRORS as e:  # the PCK chain is checked first: its certificates
+        raise r.fail("cert-chain", _malformed("cert-chain", e)) from e
     except VerificationError as e:
         name = _TDX_CHECK_NAMES.get(e.check, "cert-chain")
         done = (
@@ -755,7 +764,7 @@ def _tdx_checks(
             )
         elif not hint and tcb is not None and tcb.status not in rules.accepted_tcb_statuses:
             hint = "update the platform, or accept the status in [tdx] accepted_tcb_statuses"
-        elif not hint and tcb is not None and tcb.revocation is None:
+        elif not hint and tcb is not None and tcb.revocation is None and rules.require_collateral:
             hint = (
                 "add the PCK CRL and the Intel SGX Root CA CRL to the collateral directory "
                 f"({PCK_CRL_FILES[0]}, {ROOT_CA_CRL_FILES[0]})"
@@ -844,6 +853,22 @@ def _tdx_measurement(
             "kernel, initrd and command line not compared"
         )
     r.passed("measurement", "; ".join(parts))
+
+
+_LIBRARY_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    RecursionError,
+    UnsupportedAlgorithm,
+    x509.InvalidVersion,
+)
+"""What cryptography and the JSON codec raise on malformed input they were handed."""
+_NET: tuple[type[Exception], ...] = (OpenPCCError, *_LIBRARY_ERRORS)
+
+
+def _malformed(name: str, e: Exception) -> VerificationError:
+    error = VerificationError(name, f"malformed evidence: {type(e).__name__}: {e}"[:300])
+    error.__cause__ = e
+    return error
 
 
 def _as_check(name: str, e: OpenPCCError) -> VerificationError:

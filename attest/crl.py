@@ -33,7 +33,7 @@ def load_crl(data: bytes, *, check: str | None = None) -> x509.CertificateRevoca
         if text and len(text) % 2 == 0 and all(b in _HEX for b in text):
             data = bytes.fromhex(text.decode("ascii"))
         return x509.load_der_x509_crl(data)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         if check is not None:
             raise VerificationError(check, f"cannot parse CRL: {exc}") from exc
         raise ParseError("not a CRL (PEM, DER or hex-encoded DER)") from exc

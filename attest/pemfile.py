@@ -18,5 +18,5 @@ def read_pem_certificates(path: Path, what: str) -> list[x509.Certificate]:
         return x509.load_pem_x509_certificates(path.read_bytes())
     except OSError as e:
         raise ParseError(f"{what}: cannot read {path}: {e.strerror or e}") from e
-    except ValueError as e:
+    except (ValueError, x509.InvalidVersion) as e:
         raise ParseError(f"{what} {path} is not PEM certificates") from e

@@ -165,9 +165,9 @@ class SseDecoder:
         else:  # one split per piece, however many events it holds
             *lines, self._buf = self._buf.split(b"\n")
         for line in lines:
+            line = line.rstrip(b"\r")
             if len(line) > MAX_SSE_LINE:
                 raise ParseError("a server-sent event line exceeds 1 MiB")
-            line = line.rstrip(b"\r")
             if not line.startswith(b"data:"):
                 continue
             payload = line[5:].strip()

@@ -353,10 +353,12 @@ def create_app(state: GatewayState) -> ASGIApp:
                     prefix = None
                     yield _chunked_start()
                 yield {"type": "http.response.body", "body": chunk, "more_body": True}
-            end = sealer.seal_chunk(encode_response_end(), final=True)
-            if prefix is not None:  # an empty answer: the head alone, then the end
+            if prefix is not None:  # an empty answer: the head alone (sealed first), then the end
                 yield _chunked_start()
-                end = prefix + sealer.seal_chunk(head) + end
+                head_chunk = prefix + sealer.seal_chunk(head)
+                end = head_chunk + sealer.seal_chunk(encode_response_end(), final=True)
+            else:
+                end = sealer.seal_chunk(encode_response_end(), final=True)
             yield {"type": "http.response.body", "body": end, "more_body": False}
 
         try:

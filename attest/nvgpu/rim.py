@@ -206,7 +206,7 @@ def _certificates(root: Any, label: str) -> tuple[x509.Certificate, ...]:
         text = "".join((element.text or "").split())
         try:
             certs.append(x509.load_der_x509_certificate(base64.b64decode(text, validate=True)))
-        except (binascii.Error, ValueError) as exc:
+        except (binascii.Error, ValueError, x509.InvalidVersion) as exc:
             raise _bad(label, f"an X509Certificate does not decode: {exc}") from exc
     return tuple(certs)
 

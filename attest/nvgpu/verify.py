@@ -96,7 +96,7 @@ def load_gpu_chain(pem: bytes) -> list[x509.Certificate]:
     """Certificates of a PEM chain, leaf first; :class:`ParseError` when there are none."""
     try:
         certs = x509.load_pem_x509_certificates(pem)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise ParseError(f"GPU certificate chain is not valid PEM: {exc}") from exc
     return certs
 

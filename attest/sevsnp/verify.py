@@ -105,7 +105,7 @@ def load_certificates(data: bytes) -> list[x509.Certificate]:
                 certs = x509.load_pem_x509_certificates(data)
             else:
                 certs = [x509.load_der_x509_certificate(data)]
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion) as exc:
             raise ParseError(f"cannot parse certificate: {exc}") from exc
     if not certs:
         raise ParseError("no certificate found")
@@ -180,6 +180,8 @@ def _is_ca(cert: x509.Certificate) -> bool:
         bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:
         return True  # AMD's chain predates strict profiles; the pinned root decides trust
+    except ValueError:
+        return False  # extensions that do not parse make no CA
     return bc.ca
 
 

@@ -278,7 +278,7 @@ def _parse_pck_chain(pem: bytes) -> tuple[x509.Certificate, ...]:
     text = pem.rstrip(b"\x00")
     try:
         certs = x509.load_pem_x509_certificates(text)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise ParseError(f"TDX PCK certificate chain is not valid PEM: {exc}") from exc
     return tuple(certs)
 

@@ -547,7 +547,7 @@ def load_tcb_signing_chain(pem: bytes) -> list[x509.Certificate]:
     """The TCB signing chain (PEM, signing certificate first); ParseError when empty or not PEM."""
     try:
         certs = x509.load_pem_x509_certificates(pem)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise ParseError(
             f"TCB signing chain is not valid PEM: {exc}",
             hint="save the TCB-Info-Issuer-Chain header, URL-decoded, as PEM",

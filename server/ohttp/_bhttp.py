@@ -15,6 +15,7 @@ from attest.errors import ParseError
 from server.ohttp._varint import decode_varint, encode_varint
 
 __all__ = [
+    "MAX_CONTENT_CHUNKS",
     "MAX_FIELDS",
     "MAX_SECTION_BYTES",
     "BhttpRequest",
@@ -36,6 +37,8 @@ MAX_FIELDS = 256
 """Most field lines in one header or trailer section (HTTP servers allow about 100)."""
 MAX_SECTION_BYTES = 64 * 1024
 """Most bytes in one field section, as the gateway's HTTP server bounds its own headers."""
+MAX_CONTENT_CHUNKS = 4096
+"""Most chunks of indeterminate-length content (a 1 MiB body in 1-byte chunks is not a body)."""
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-zA-Z]+")
 _LOWER_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")
@@ -258,6 +261,8 @@ def _content_or_empty(r: _Reader, indeterminate: bool) -> bytes:
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
+        if len(chunks) > MAX_CONTENT_CHUNKS:
+            raise ParseError(f"binary HTTP: content in over {MAX_CONTENT_CHUNKS} chunks")
 
 
 def _padding(r: _Reader) -> None:

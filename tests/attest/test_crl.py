@@ -79,3 +79,14 @@ def test_fuzz_mutated_crl_raises_only_our_errors(
     cut = data.draw(st.integers(0, 4096)) % (len(der) + 1)
     with contextlib.suppress(ParseError):
         load_crl(bytes(der[:cut]))
+
+
+def test_a_crl_of_an_unknown_version_is_a_parse_error(crl_der: bytes) -> None:
+    """cryptography raises its own InvalidVersion (not a ValueError) for it."""
+    der = bytearray(crl_der)
+    at = der.index(b"\x02\x01\x01")  # tbsCertList's version: v2 (1)
+    der[at + 2] = 75
+    with pytest.raises(ParseError):
+        load_crl(bytes(der))
+    with pytest.raises(VerificationError):
+        load_crl(bytes(der), check="crl")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 from attest import binding
 from attest.bundle import CHECK_ORDER
@@ -338,4 +339,46 @@ def test_evidence_a_library_chokes_on_fails_a_check_not_the_client(
         _send_one(session)
     statuses = {c.name: c.status for c in session.last_run.checks}
     assert statuses[check] == "fail", session.last_run.to_dict()
+    assert transport.ohttp_posts == []
+
+
+@pytest.mark.parametrize(
+    "raised", [ValueError("bad bytes"), RecursionError("deep"), x509.InvalidVersion("v", 9)]
+)
+def test_the_last_net_names_the_check_in_progress(
+    node: Any, monkeypatch: pytest.MonkeyPatch, raised: Exception
+) -> None:
+    """A library error from a step not wrapped where it is called (here: the GPU step) fails
+    that check, keeps the library's error as its cause, and sends nothing."""
+    import attest.bundle
+
+    def choke(*args: object, **kw: object) -> object:
+        raise raised
+
+    monkeypatch.setattr(attest.bundle, "_check_gpus", choke)
+    transport = node.transport()
+    session = node.session(transport)
+    with pytest.raises(VerificationError) as info:
+        _send_one(session)
+    assert info.value.check == "gpu"
+    assert str(info.value).startswith(f"gpu: malformed evidence: {type(raised).__name__}")
+    assert info.value.__cause__ is raised
+    assert transport.ohttp_posts == []
+
+
+def test_a_programming_error_is_not_blamed_on_the_node(
+    node: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The net is for what libraries raise on bad input: a TypeError is a bug of ours and
+    surfaces as itself, still with nothing sent."""
+    import attest.bundle
+
+    def bug(*args: object, **kw: object) -> object:
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(attest.bundle, "_check_gpus", bug)
+    transport = node.transport()
+    session = node.session(transport)
+    with pytest.raises(TypeError, match="a bug"):
+        _send_one(session)
     assert transport.ohttp_posts == []

@@ -174,3 +174,11 @@ def test_sse_decoder_hostile_json_is_a_parse_error(payload: bytes) -> None:
 
     with pytest.raises(ParseError, match="malformed server-sent event"):
         SseDecoder().feed(payload)
+
+
+def test_sse_line_limit_counts_the_line_not_its_crlf() -> None:
+    line = b"data: " + b'"' + b"x" * (MAX_SSE_LINE - 8) + b'"'
+    assert len(line) == MAX_SSE_LINE
+    SseDecoder().feed(line + b"\r\n")  # exactly the limit: accepted (a string, not a dict)
+    with pytest.raises(ParseError, match="exceeds 1 MiB"):
+        SseDecoder().feed(b"x" + line + b"\r\n")

@@ -231,3 +231,17 @@ def test_a_client_leaving_mid_stream_is_counted_not_raised() -> None:
     assert exchange.status == 200
     assert state.metrics.requests["client_gone"] == 1
     assert state.in_flight == 0
+
+
+def test_an_empty_streamed_answer_is_the_head_then_the_end() -> None:
+    async def stream() -> AsyncIterator[bytes]:
+        return
+        yield b""  # an async generator that yields nothing
+
+    async def answer(_req: BhttpRequest) -> InnerResponse:
+        return InnerResponse(200, (("content-type", "text/event-stream"),), stream=stream())
+
+    state, app = _gateway(_Inner(answer))
+    enc, sealer = _request(state.keys, b'{"stream": true}')
+    exchange = asyncio.run(_call(app, [enc]))
+    assert _open(sealer, exchange.body) == (200, b"")

@@ -263,3 +263,20 @@ def test_field_sections_are_bounded(indeterminate: bool) -> None:
         BhttpRequest("GET", "https", "h", "/", ok, b""), indeterminate=indeterminate
     )
     assert decode_request(wire).headers == ok
+
+
+def test_content_chunks_are_bounded() -> None:
+    from server.ohttp._bhttp import MAX_CONTENT_CHUNKS
+
+    ok = BhttpRequest("POST", "https", "h", "/", (), b"ab")
+    body = encode_request(ok, indeterminate=True)
+    assert decode_request(body).body == b"ab"
+    # Re-chunk the content of an indeterminate request: the encoder sends one chunk, so build
+    # the wire by hand from its prefix (everything before the content).
+    prefix = body[: body.rindex(b"\x02ab")]
+    rest = body[body.rindex(b"\x02ab") + 3 :]
+    within = prefix + b"\x01x" * MAX_CONTENT_CHUNKS + rest
+    assert decode_request(within).body == b"x" * MAX_CONTENT_CHUNKS
+    over = prefix + b"\x01x" * (MAX_CONTENT_CHUNKS + 1) + rest
+    with pytest.raises(ParseError, match="content in over"):
+        decode_request(over)
