@@ -62,8 +62,9 @@ open_verity root openpcc-root openpcc-root-hash "$ROOT_HASH" /newroot
 open_verity weights openpcc-weights openpcc-weights-hash "$WEIGHTS_HASH" /newroot/weights
 
 # The provisioning disk is not measured and holds only what the client verifies itself (the
-# release manifest, the log) or, in simulation, the simulated evidence keys.
-mount -t tmpfs -o mode=0755,nosuid,nodev run /newroot/run
+# release manifest, the log) or, in simulation, the simulated evidence keys. Nothing under /run
+# is ever executed: the supervisor copies only allowed plain files from the disk to it.
+mount -t tmpfs -o mode=0755,nosuid,nodev,noexec run /newroot/run
 mkdir -p /newroot/run/openpcc/provision
 if cfg=$(disk openpcc-provision); then
     mount -t squashfs -o ro,nodev,nosuid,noexec "$cfg" /newroot/run/openpcc/provision \

@@ -3,7 +3,10 @@
 It holds only data a client checks for itself (the release manifest, the transparency log) and,
 for a simulated TEE, the simulated evidence keys. Nothing here can change what the sealed root
 runs: the engine, its arguments and the evidence provider are in ``/etc/openpcc/gateway.toml``
-inside the measured root, and the guest mounts the disk ``ro,nodev,nosuid,noexec``.
+inside the measured root, the guest mounts the disk ``ro,nodev,nosuid,noexec``, and its PID 1
+(``supervise.py``) copies only the allowed names from it, as plain files, to a ``noexec`` tmpfs,
+giving the gateway and the engine an empty home: whatever else a host writes to the disk is
+ignored in the guest, not only refused here.
 
 Two variants:
 

@@ -112,6 +112,7 @@ def engine_command(spec: EngineSpec, port: int, *, vllm_version: str | None = No
         # takes a hash of 250 MB), which keeps this function free of I/O.
         return [
             sys.executable,
+            "-I",  # isolated: no user site-packages, no PYTHON* variables, no cwd on the path
             "-m",
             "server.engines.embedded",
             *(["--model", spec.model] if spec.model else []),

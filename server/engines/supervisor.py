@@ -40,7 +40,12 @@ EngineState = Literal["stopped", "starting", "ready", "restarting", "failed"]
 
 # Environment for every engine: vLLM otherwise reports usage statistics (and writes them under
 # ~/.config); nothing about the host's workload should leave the CVM or land on disk.
-_ENGINE_ENV = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "PYTHONUNBUFFERED": "1"}
+_ENGINE_ENV = {
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+    "PYTHONUNBUFFERED": "1",
+    "PYTHONNOUSERSITE": "1",  # nothing from a home directory's site-packages runs in the engine
+}
 
 
 def _load_prctl() -> Callable[[int, int], int] | None:

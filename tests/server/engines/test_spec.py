@@ -42,6 +42,7 @@ def test_embedded_with_model() -> None:
     spec = EngineSpec(kind="embedded", model="/models/m.gguf", args=("--threads", "4"))
     assert engine_command(spec, 9000) == [
         sys.executable,
+        "-I",
         "-m",
         "server.engines.embedded",
         "--model",
@@ -61,6 +62,7 @@ def test_embedded_default_model_is_resolved_by_the_engine() -> None:
     spec = EngineSpec(kind="embedded", served_model_name="gemma")
     assert engine_command(spec, 9000) == [
         sys.executable,
+        "-I",
         "-m",
         "server.engines.embedded",
         "--host",
