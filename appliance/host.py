@@ -43,6 +43,7 @@ from attest.errors import OpenPCCError, ParseError, TransportError, Verification
 from attest.nvgpu import pinned_nvidia_roots
 from attest.sevsnp.validate import SnpPolicy
 from attest.sevsnp.verify import load_certificates, pinned_roots
+from attest.tdx.verify import pinned_intel_roots
 from attest.tlog import VerifierKey
 from cvm_boot.image.provision import provision_host
 from cvm_boot.manifest import build_manifest, canonical_json
@@ -457,12 +458,20 @@ def _anchors(paths: StatePaths, config: HostConfig, say: Say) -> TrustAnchors:
             sim = tuple(load_certificates(config.simulation_root.read_bytes()))
         except OSError as e:
             raise ParseError(f"cannot read {config.simulation_root}: {e.strerror}") from e
+    from client_cli.trust import is_tdx_root
+
+    # The anchors a client has: every pinned vendor root (a TDX host's quote chains to Intel's),
+    # and, under the test hook only, the simulation roots (a TDX-shaped one for sim-tdx only).
+    sim_tdx = tuple(c for c in sim if is_tdx_root(c))
+    sim_other = tuple(c for c in sim if not is_tdx_root(c))
     return TrustAnchors(
         amd_roots=tuple(pinned_roots()),
         nvidia_roots=tuple(pinned_nvidia_roots()),
         log_keys=(vkey,),
-        simulation_snp_roots=sim,
-        simulation_gpu_roots=sim,
+        simulation_snp_roots=sim_other,
+        simulation_gpu_roots=sim_other,
+        intel_roots=tuple(pinned_intel_roots()),
+        simulation_tdx_roots=sim_tdx,
     )
 
 

@@ -258,3 +258,18 @@ def test_logs_command_on_a_tee_host(
     assert lines[3] == "openpcc-init: 0.51s loading modules"
     help_text = CliRunner().invoke(app, ["logs", "--help"], env={"COLUMNS": "200"}).output
     assert "Nothing" in help_text and "readable by the host" in help_text
+
+
+def test_the_host_verifies_with_every_pinned_vendor_root(tmp_path: Path) -> None:
+    """`up` on a TDX host verifies an Intel quote: the host's anchors must carry Intel's root
+    (they held only AMD's and NVIDIA's, so a real TDX `up` could never pass)."""
+    from attest.tdx.verify import pinned_intel_roots
+    from cvm_boot.tlog import TransparencyLog
+
+    paths = StatePaths(tmp_path)
+    log = TransparencyLog.open(paths.log)
+    (paths.log / "log.vkey").write_text(log.verifier_key + "\n")
+    anchors = host._anchors(paths, host.HostConfig(), lambda _: None)
+    assert anchors.intel_roots == tuple(pinned_intel_roots())
+    assert anchors.amd_roots and anchors.nvidia_roots
+    assert anchors.simulation_tdx_roots == () and anchors.simulation_snp_roots == ()
