@@ -150,16 +150,22 @@ def provision_simulated(
 
 
 def _pid(paths: StatePaths) -> int | None:
+    """The pid in the pid file while it is this appliance's gateway: alive, and running
+    ``-m server --config <this state's gateway.toml>``. A pid reused by any other process (after
+    a crash or a reboot) is not ours, so ``down`` never signals its process group."""
     try:
         pid = int(paths.pid.read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if pid <= 1:
         return None
-    except PermissionError:
-        return pid
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    config = str(paths.gateway_config).encode()
+    if b"server" not in argv or config not in argv:
+        return None
     return pid
 
 

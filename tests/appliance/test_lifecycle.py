@@ -60,3 +60,27 @@ def test_status_reports_down_after_provision(
     st = json.loads(r.output)
     assert st["state"] == "down" and st["mode"] == "simulated"
     assert st["log_vkey"].startswith("openpcc.appliance/log+")
+
+
+def test_down_never_signals_a_process_that_reused_the_pid(tmp_path: Path) -> None:
+    """A stale pid file (a crash, a reboot) naming a pid some other process now has: `down` and
+    `status` see no gateway, and the other process lives on."""
+    import subprocess
+    import sys
+
+    from appliance import lifecycle
+    from appliance.state import StatePaths
+
+    paths = StatePaths(tmp_path / "state")
+    paths.pid.parent.mkdir(parents=True, exist_ok=True)
+    other = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
+    )
+    try:
+        paths.pid.write_text(f"{other.pid}\n")
+        assert lifecycle.gateway_pid(paths) is None
+        assert lifecycle.down(paths, timeout=1.0) is False
+        assert other.poll() is None  # still running: nothing was sent to it
+    finally:
+        other.kill()
+        other.wait()
