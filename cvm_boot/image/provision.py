@@ -111,8 +111,9 @@ def provision_simulated(
     state = into / "state"
     sim_dir = sim_dir or state / "sim"
     log_dir = log_dir or state / "log"
-    state.mkdir(parents=True, exist_ok=True, mode=0o700)
-    sim_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for folder in (into, state, sim_dir):
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        folder.chmod(0o700)  # mkdir's mode is the umask's, and only for the last folder
     snp_dir, gpu_dir = sim_dir / "snp", sim_dir / "gpu"
     snp = (
         SimulatedSnpSigner.load(snp_dir)
@@ -140,11 +141,21 @@ def provision_simulated(
     shutil.copytree(log_dir, tree / "log")
     shutil.copyfile(state / "manifest.json", tree / "manifest.json")
     _normalize(tree, epoch)
-    _squashfs(tree, into / "provision.img", epoch)
+    _private(tree)  # the log signing key and simulated keys: root-only in the guest too
+    image = into / "provision.img"
+    _squashfs(tree, image, epoch)
+    image.chmod(0o600)
     shutil.rmtree(tree)
     return Provisioned(
         into / "provision.img", trust, log.verifier_key, index, state / "manifest.json"
     )
+
+
+def _private(tree: Path) -> None:
+    """Folders 0700 and files 0600 (after ``_normalize``'s reproducible 0755/0644)."""
+    for p in [tree, *tree.rglob("*")]:
+        if not p.is_symlink():
+            p.chmod(0o700 if p.is_dir() else 0o600)
 
 
 # -- the real host's disk: public data only ---------------------------------------------------

@@ -150,3 +150,32 @@ def test_reading_back_refuses_what_could_weaken_verification(
     mutate(tree)
     with pytest.raises(error, match=message):
         read_provisioning(tree)
+
+
+def test_simulated_disk_keeps_its_keys_private(tmp_path: Path) -> None:
+    """The simulated disk carries the log signing key and simulated evidence keys: the image,
+    its folder and every file in it are owner-only (they were 0644 inside a 0644 image)."""
+    import os
+    import stat
+    import subprocess
+
+    from cvm_boot.image.provision import provision_simulated
+
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / "manifest.json").write_text(
+        '{"tee": "sim-sev-snp", "measurement": "' + "00" * 48 + '"}'
+    )
+    old = os.umask(0o022)
+    try:
+        result = provision_simulated(build, tmp_path / "out" / "vm")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(result.image.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "out" / "vm").stat().st_mode) == 0o700
+    listing = subprocess.run(
+        ["unsquashfs", "-lln", str(result.image)], capture_output=True, text=True, check=True
+    ).stdout
+    entries = [line.split()[0] for line in listing.splitlines() if line[:1] in "-d"]
+    assert entries and all(e in ("-rw-------", "drwx------") for e in entries), listing
+    assert "log.key" in listing
