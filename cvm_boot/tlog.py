@@ -21,6 +21,7 @@ import base64
 import fcntl
 import hashlib
 import os
+import secrets
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,8 +120,9 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    # A temporary name of this writer's own: two writers never share (and tear) one.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         os.fchmod(fd, mode)
         os.write(fd, data)
@@ -129,6 +131,19 @@ def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.close(fd)
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+def _torn(message: str, good_bytes: int) -> ParseError:
+    """A partial last record. An append interrupted before its fsync finished leaves one that
+    no checkpoint covers (one is written only after a whole record), so cutting it off loses
+    nothing signed; the log does not do that by itself, the operator does, knowingly."""
+    return ParseError(
+        message,
+        hint=f"if an append was interrupted, the complete records end at byte {good_bytes}: "
+        f"`truncate -s {good_bytes} {ENTRIES_FILE}` in the log folder drops the partial record; "
+        "the log then opens if that record was never signed, and is still refused if the "
+        "signed checkpoint covered it (then the file lost signed data)",
+    )
 
 
 def _record_checksum(index: int, data: bytes) -> bytes:
@@ -146,14 +161,14 @@ def _read_records(raw: bytes) -> Iterator[bytes]:
     while pos < len(raw):
         head = raw[pos : pos + len(RECORD_MAGIC) + _LEN.size]
         if len(head) < len(RECORD_MAGIC) + _LEN.size:
-            raise ParseError(f"{ENTRIES_FILE}: torn record header at entry {index}")
+            raise _torn(f"{ENTRIES_FILE}: torn record header at entry {index}", pos)
         if head[:4] != RECORD_MAGIC:
             raise ParseError(f"{ENTRIES_FILE}: bad record magic at entry {index}")
         (length,) = _LEN.unpack(head[4:])
         start = pos + len(head)
         end = start + length + HASH_SIZE
         if end > len(raw):
-            raise ParseError(f"{ENTRIES_FILE}: torn record at entry {index} (file ends early)")
+            raise _torn(f"{ENTRIES_FILE}: torn record at entry {index} (file ends early)", pos)
         data = raw[start : start + length]
         if raw[start + length : end] != _record_checksum(index, data):
             raise VerificationError("tlog-file", f"entry {index} fails its checksum")
@@ -332,11 +347,13 @@ class TransparencyLog:
             if written != len(record):
                 raise OSError(f"short write to {path}")
             os.fsync(fd)
+            self._file_end += len(record)
+            self._add(data)
+            # Still under the lock: a second appender can neither interleave its checkpoint
+            # nor replace this one with an older, smaller tree.
+            _write_atomic(self._dir / CHECKPOINT_FILE, self.checkpoint().encode())
         finally:
             os.close(fd)
-        self._file_end += len(record)
-        self._add(data)
-        _write_atomic(self._dir / CHECKPOINT_FILE, self.checkpoint().encode())
         return index
 
     def _check_size(self, size: int | None) -> int:

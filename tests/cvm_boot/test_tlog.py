@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -300,3 +301,57 @@ def test_damaged_read_only_copy_is_refused(
     damage(copy)
     with pytest.raises(error, match=message):
         TransparencyLog.open_readonly(copy)
+
+
+def _cut_as_hinted(logdir: Path) -> None:
+    import re
+    import subprocess
+
+    with pytest.raises(ParseError) as info:
+        TransparencyLog.open(logdir)
+    match = re.search(r"`truncate -s (\d+) log.entries`", info.value.hint)
+    assert match, info.value.hint
+    subprocess.run(["truncate", "-s", match.group(1), str(logdir / ENTRIES_FILE)], check=True)
+
+
+def test_an_interrupted_append_is_recovered_as_the_hint_says(logdir: Path) -> None:
+    """A partial record after the signed ones (an append cut short): refused, never repaired
+    by the log itself, with the exact byte count to cut back to; after that cut it opens."""
+    signed = TransparencyLog.open(logdir).size
+    _append_garbage(logdir)
+    _cut_as_hinted(logdir)
+    assert TransparencyLog.open(logdir).size == signed
+
+
+def test_a_torn_signed_record_stays_refused_after_the_cut(logdir: Path) -> None:
+    """If the torn record was signed, cutting it off is data loss, and the log says so."""
+    _truncate(1)(logdir)
+    _cut_as_hinted(logdir)
+    with pytest.raises(VerificationError, match="its checkpoint signed"):
+        TransparencyLog.open(logdir)
+
+
+def test_concurrent_appends_never_share_a_checkpoint_temporary(logdir: Path) -> None:
+    """Two appenders (two processes in real life) each write their own temporary checkpoint,
+    under the entries lock, so neither tears nor rolls back the other's."""
+    from cvm_boot.tlog import _write_atomic
+
+    seen: list[str] = []
+    real_open = os.open
+
+    def spy(path: object, *args: object, **kw: object) -> int:
+        if str(path).endswith(".tmp"):
+            seen.append(str(path))
+        return real_open(path, *args, **kw)  # type: ignore[arg-type]
+
+    import cvm_boot.tlog as tlog_module
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(tlog_module.os, "open", spy)
+    try:
+        _write_atomic(logdir / "x", b"1")
+        _write_atomic(logdir / "x", b"2")
+    finally:
+        mp.undo()
+    assert len(seen) == 2 and seen[0] != seen[1]
+    assert not list(logdir.glob("*.tmp"))
