@@ -167,7 +167,20 @@ add_kernel_args() {
   local grub="${HOST_ROOT%/}/etc/default/grub"
   [ -f "$grub" ] || die "no $grub: add '$1' to the kernel command line with your boot loader's tool" \
     "then reboot and run ./install.sh --recipe $RECIPE again"
+  local before after over
+  before="$(cat "$grub")"
   sed -i "s|^GRUB_CMDLINE_LINUX_DEFAULT=\"\\(.*\\)\"|GRUB_CMDLINE_LINUX_DEFAULT=\"\\1 $1\"|" "$grub"
+  after="$(cat "$grub")"
+  # The edit only works on a double-quoted GRUB_CMDLINE_LINUX_DEFAULT line: say so, never "ok".
+  if [ "$before" = "$after" ] || ! grep -q "^GRUB_CMDLINE_LINUX_DEFAULT=\".* $1\"\$" "$grub"; then
+    die "could not add '$1' to $grub (no GRUB_CMDLINE_LINUX_DEFAULT=\"...\" line to edit)" \
+      "add '$1' to the kernel command line by hand, update-grub, reboot, run ./install.sh --recipe $RECIPE again"
+  fi
+  for over in "${HOST_ROOT%/}"/etc/default/grub.d/*.cfg; do
+    if [ -f "$over" ] && grep -q '^GRUB_CMDLINE_LINUX_DEFAULT=' "$over"; then
+      warn "$over also sets GRUB_CMDLINE_LINUX_DEFAULT and is read after $grub: add '$1' there too"
+    fi
+  done
   if [ "$HOST_ROOT" = / ]; then update-grub; fi
   ok "added '$1' to $grub"
 }

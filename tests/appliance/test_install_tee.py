@@ -485,3 +485,48 @@ def test_bound_gpu_is_made_persistent_after_asking(tmp_path: Path) -> None:
     assert (h.root / "etc/modules-load.d/openpcc-vfio.conf").read_text().endswith("vfio-pci\n")
     again = h.install("--yes", "--recipe", str(h.recipe), "--no-start")
     assert "Keep them on vfio-pci" not in again.stdout and "nothing to change" in again.stdout
+
+
+def _add_kernel_args(
+    root: Path, grub_text: str | None, arg: str
+) -> subprocess.CompletedProcess[str]:
+    """install.sh's add_kernel_args on a fake /etc/default/grub (the function's own text)."""
+    script = (REPO_ROOT / "install.sh").read_text()
+    start = script.index("add_kernel_args() {")
+    body = script[start : script.index("\n}\n", start) + 3]
+    if grub_text is not None:
+        (root / "etc/default").mkdir(parents=True, exist_ok=True)
+        (root / "etc/default/grub").write_text(grub_text)
+    prelude = (
+        'ok() { echo "ok $*"; }\nwarn() { echo "warn $*"; }\n'
+        'die() { echo "error: $1" >&2; echo "hint: ${2:-}" >&2; exit 1; }\n'
+        f"HOST_ROOT={root}/\nRECIPE=r.toml\n"
+    )
+    return subprocess.run(
+        ["bash", "-c", prelude + body + f"\nadd_kernel_args '{arg}'\n"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_kernel_args_are_added_or_the_edit_says_it_could_not(tmp_path: Path) -> None:
+    done = _add_kernel_args(tmp_path / "a", 'GRUB_CMDLINE_LINUX_DEFAULT="quiet"\n', "iommu=pt")
+    assert done.returncode == 0 and "ok added 'iommu=pt'" in done.stdout
+    grub = (tmp_path / "a/etc/default/grub").read_text()
+    assert grub == 'GRUB_CMDLINE_LINUX_DEFAULT="quiet iommu=pt"\n'
+    # A single-quoted line, or none at all: the sed matches nothing, and install.sh says so.
+    for text in ("GRUB_CMDLINE_LINUX_DEFAULT='quiet'\n", "GRUB_TIMEOUT=5\n"):
+        root = tmp_path / str(len(text))
+        failed = _add_kernel_args(root, text, "iommu=pt")
+        assert failed.returncode == 1 and "could not add 'iommu=pt'" in failed.stderr
+        assert "ok added" not in failed.stdout
+
+
+def test_a_grub_d_override_is_named(tmp_path: Path) -> None:
+    root = tmp_path / "h"
+    (root / "etc/default/grub.d").mkdir(parents=True)
+    (root / "etc/default/grub.d/50-cloud.cfg").write_text('GRUB_CMDLINE_LINUX_DEFAULT="x"\n')
+    done = _add_kernel_args(root, 'GRUB_CMDLINE_LINUX_DEFAULT=""\n', "kvm_amd.sev=1")
+    assert done.returncode == 0
+    assert "50-cloud.cfg also sets GRUB_CMDLINE_LINUX_DEFAULT" in done.stdout
