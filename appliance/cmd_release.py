@@ -2,7 +2,7 @@
 
 ``measure RECIPE`` prints the expected launch measurement and writes the release manifest;
 running it twice on the same recipe gives the same digest and byte-identical manifest.
-``release RECIPE --log-dir DIR`` also appends the manifest's canonical JSON to the transparency
+``release RECIPE [--log-dir DIR]`` also appends the manifest's canonical JSON to the transparency
 log (once: a manifest already logged keeps its index) and prints index, leaf hash and checkpoint.
 ``tdx-reference`` turns the quote of a reference boot into the ``[tdx]`` table a TDX recipe
 pins (:mod:`cvm_boot.tdx_reference`); both commands warn while a TDX recipe leaves RTMR0-2
@@ -18,7 +18,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from appliance.state import StatePaths
 from attest.errors import OpenPCCError, ParseError, exit_code_for
 from attest.pemfile import read_pem_certificates
 from attest.tlog import leaf_hash
@@ -26,7 +28,7 @@ from cvm_boot.manifest import build_manifest, canonical_json
 from cvm_boot.measure import TDX_REFERENCE_HINT, expected_measurement, tdx_expectations
 from cvm_boot.recipe import Recipe, load_recipe
 from cvm_boot.tdx_reference import fetch_quote, quote_from, reference_values
-from cvm_boot.tlog import TransparencyLog
+from cvm_boot.tlog import ENTRIES_FILE, TransparencyLog
 
 __all__ = ["default_manifest_path", "measure", "release", "tdx_reference"]
 
@@ -39,11 +41,16 @@ def default_manifest_path(recipe_path: Path) -> Path:
 
 
 def _fail(error: OpenPCCError) -> typer.Exit:
-    line = f"[bold red]error:[/] {error}"
+    # The text is data (paths, recipe keys like "[tdx]"), never markup.
+    line = f"[bold red]error:[/] {escape(str(error))}"
     if error.hint:
-        line += f"\n[dim]hint: {error.hint}[/]"
+        line += f"\n[dim]hint: {escape(error.hint)}[/]"
     _err.print(line, highlight=False, soft_wrap=True)
     return typer.Exit(exit_code_for(error))
+
+
+def _os_error(e: OSError, what: str) -> OpenPCCError:
+    return OpenPCCError(f"cannot {what}: {e.strerror or e}", hint=f"check {e.filename or what}")
 
 
 def _measure(recipe_path: Path) -> tuple[Recipe, dict[str, object], bytes]:
@@ -83,7 +90,10 @@ def measure(
     except OpenPCCError as e:
         raise _fail(e) from e
     path = output or default_manifest_path(recipe)
-    path.write_bytes(canonical_json(manifest) + b"\n")
+    try:
+        path.write_bytes(canonical_json(manifest) + b"\n")
+    except OSError as e:
+        raise _fail(_os_error(e, f"write the manifest to {path}")) from e
     unbound = _warn_unbound(parsed, json_)
     if json_:
         out: dict[str, object] = {
@@ -103,16 +113,36 @@ def measure(
 def release(
     recipe: Annotated[Path, typer.Argument(help="Release recipe (TOML).")],
     log_dir: Annotated[
-        Path, typer.Option("--log-dir", help="Transparency log directory (created if absent).")
-    ],
+        Path | None,
+        typer.Option("--log-dir", help="Transparency log directory [the appliance's: STATE/log]."),
+    ] = None,
+    new_log: Annotated[
+        bool,
+        typer.Option(
+            "--new-log",
+            help="Start a new log (and signing key) in --log-dir when it holds none; without it "
+            "a directory with no log is an error, so a mistyped path never starts one.",
+        ),
+    ] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
     """Measure RECIPE and append its manifest to the transparency log."""
+    directory = log_dir if log_dir is not None else StatePaths.default().log
     try:
         parsed, manifest, measurement = _measure(recipe)
         unbound = _warn_unbound(parsed, json_)
         data = canonical_json(manifest)
-        log = TransparencyLog.open(log_dir)
+        if not (directory / ENTRIES_FILE).exists() and not new_log:
+            raise OpenPCCError(
+                f"no transparency log in {directory}",
+                hint="name the log with --log-dir (the appliance's is STATE/log, made by "
+                "provision or ./install.sh), or pass --new-log to start one: a new signing key "
+                "that clients must pin",
+            )
+        try:
+            log = TransparencyLog.open(directory)
+        except OSError as e:
+            raise _os_error(e, f"open the log in {directory}") from e
         index = log.find(data)
         appended = index is None
         if index is None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -48,9 +49,10 @@ err = Console(stderr=True)
 
 
 def _fail(e: OpenPCCError) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {e}", highlight=False)
+    # The text is data (paths, recipe keys like "[tdx]"), never markup.
+    err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
     if e.hint:
-        err.print(f"[dim]hint: {e.hint}[/]", highlight=False)
+        err.print(f"[dim]hint: {escape(e.hint)}[/]", highlight=False)
     return typer.Exit(exit_code_for(e))
 
 

@@ -64,7 +64,9 @@ def test_measure_bad_recipe_exit_code(tmp_path: Path) -> None:
 
 def test_release_appends_once_and_entry_verifies(recipe: Path, tmp_path: Path) -> None:
     log_dir = tmp_path / "log"
-    first = runner.invoke(app, ["release", str(recipe), "--log-dir", str(log_dir), "--json"])
+    first = runner.invoke(
+        app, ["release", str(recipe), "--log-dir", str(log_dir), "--new-log", "--json"]
+    )
     assert first.exit_code == 0, first.output
     out = json.loads(first.stdout)
     assert (out["index"], out["appended"], out["tree_size"]) == (0, True, 1)
@@ -95,7 +97,44 @@ def test_release_appends_once_and_entry_verifies(recipe: Path, tmp_path: Path) -
 
 
 def test_release_text_output(recipe: Path, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["release", str(recipe), "--log-dir", str(tmp_path / "l")])
+    result = runner.invoke(
+        app, ["release", str(recipe), "--log-dir", str(tmp_path / "l"), "--new-log"]
+    )
     assert result.exit_code == 0, result.output
     assert "index:       0" in result.stdout
     assert "\u2014 openpcc.appliance/log " in result.stdout
+
+
+def test_release_never_starts_a_log_by_mistake(recipe: Path, tmp_path: Path) -> None:
+    """A mistyped --log-dir used to start a new log with a new key, silently."""
+    typo = tmp_path / "lgo"
+    result = runner.invoke(app, ["release", str(recipe), "--log-dir", str(typo)])
+    assert result.exit_code == 1
+    assert f"no transparency log in {typo}" in result.output and "--new-log" in result.output
+    assert not typo.exists()
+
+
+def test_release_defaults_to_the_appliance_log(
+    recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENPCC_STATE_DIR", str(tmp_path / "state"))
+    TransparencyLog.open(tmp_path / "state" / "log")  # what provision or install.sh made
+    result = runner.invoke(app, ["release", str(recipe), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["tree_size"] == 1
+    assert TransparencyLog.open(tmp_path / "state" / "log").size == 1
+
+
+def test_errors_print_their_text_not_markup(tmp_path: Path) -> None:
+    odd = tmp_path / "[/b]" / "[tdx].toml"
+    result = runner.invoke(app, ["measure", str(odd)])
+    assert result.exit_code != 0
+    assert "[tdx].toml" in result.output and "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_measure_to_an_unwritable_place_is_one_line(recipe: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["measure", str(recipe), "-o", str(tmp_path / "no" / "m.json")])
+    assert result.exit_code == 1
+    assert "cannot write the manifest to" in result.output
+    assert isinstance(result.exception, SystemExit)
