@@ -172,7 +172,7 @@ add_kernel_args() {
   sed -i "s|^GRUB_CMDLINE_LINUX_DEFAULT=\"\\(.*\\)\"|GRUB_CMDLINE_LINUX_DEFAULT=\"\\1 $1\"|" "$grub"
   after="$(cat "$grub")"
   # The edit only works on a double-quoted GRUB_CMDLINE_LINUX_DEFAULT line: say so, never "ok".
-  if [ "$before" = "$after" ] || ! grep -q "^GRUB_CMDLINE_LINUX_DEFAULT=\".* $1\"\$" "$grub"; then
+  if [ "$before" = "$after" ] || ! grep -qF " $1\"" <(grep '^GRUB_CMDLINE_LINUX_DEFAULT="' "$grub"); then
     die "could not add '$1' to $grub (no GRUB_CMDLINE_LINUX_DEFAULT=\"...\" line to edit)" \
       "add '$1' to the kernel command line by hand, update-grub, reboot, run ./install.sh --recipe $RECIPE again"
   fi

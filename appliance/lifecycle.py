@@ -159,12 +159,33 @@ def _pid(paths: StatePaths) -> int | None:
         return None
     if pid <= 1:
         return None
+    proc = Path(f"/proc/{pid}")
+    if not Path("/proc/self").exists():  # no procfs (not Linux): liveness is all we can ask
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return pid
+        return pid
     try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        raw = (proc / "cmdline").read_bytes()
+        # Empty while a just-spawned child is still exec'ing (and for zombies and kernel
+        # threads, which stay empty): give a starting gateway a moment.
+        for _ in range(50):
+            if raw:
+                break
+            time.sleep(0.01)
+            raw = (proc / "cmdline").read_bytes()
+        argv = raw.split(b"\0")
+        cwd = (proc / "cwd").resolve()
     except OSError:
         return None
-    config = str(paths.gateway_config).encode()
-    if b"server" not in argv or config not in argv:
+    if b"server" not in argv or b"--config" not in argv[:-1]:
+        return None
+    given = Path(os.fsdecode(argv[argv.index(b"--config") + 1]))
+    # However the state folder was spelled (relative, through a link), the same file is ours.
+    if (cwd / given).resolve() != paths.gateway_config.resolve():
         return None
     return pid
 

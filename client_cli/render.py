@@ -28,7 +28,8 @@ def checks_table(run: VerificationRun, title: str = "Attestation") -> Table:
     table.add_column("detail", overflow="fold")
     for c in run.checks:
         word, style = _STYLE[c.status]
-        table.add_row(_TITLES.get(c.name, c.name), Text(word, style=style), c.detail)
+        # A detail quotes evidence (certificate names, values): text, never markup.
+        table.add_row(_TITLES.get(c.name, c.name), Text(word, style=style), Text(c.detail))
     return table
 
 

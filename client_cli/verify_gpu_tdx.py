@@ -25,6 +25,7 @@ from cryptography import x509
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from attest.errors import OpenPCCError, ParseError, PolicyError, VerificationError, exit_code_for
 from attest.nvgpu.abi import NONCE_SIZE, parse_gpu_report
@@ -117,13 +118,13 @@ def _emit(
         table.add_column("ok")
         table.add_column("detail", overflow="fold")
         for name, status, detail in checks:
-            table.add_row(name, _SHOWN[status], detail)
+            table.add_row(name, _SHOWN[status], Text(detail))  # evidence text, not markup
         console = Console()
         console.print(table)
         if error is not None:
             console.print(f"[red]FAILED[/] {escape(str(error))}")
             if error.hint:
-                console.print(f"hint: {error.hint}")
+                console.print(f"hint: {escape(error.hint)}")
         else:
             skipped = [name for name, status, _ in checks if status == "not-checked"]
             console.print(

@@ -102,12 +102,12 @@ def _report_view(a: Attestation) -> RenderableType:
     checks.add_column("result", no_wrap=True)
     checks.add_column("detail", overflow="fold")
     for c in a.checks:
-        checks.add_row(c.title, c.status, c.detail)
+        checks.add_row(c.title, c.status, Text(c.detail))  # evidence text, never markup
     fields = Table(title="Report fields", expand=True, title_justify="left")
     fields.add_column("field", no_wrap=True, style="cyan")
     fields.add_column("value", overflow="fold")
     for k, v in a.report_fields:
-        fields.add_row(k, v)
+        fields.add_row(k, Text(v))
     if not a.report_fields:
         fields.add_row("—", "no report received yet")
     tcb = Table(title="Reported TCB against the policy", expand=True, title_justify="left")

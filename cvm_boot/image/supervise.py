@@ -36,6 +36,10 @@ ALLOWED = (
     re.compile(r"sim/(snp|gpu)/[A-Za-z0-9][A-Za-z0-9._-]{0,63}"),
 )
 MAX_FILE = 256 * 1024 * 1024
+MAX_TOTAL = 1024 * 1024 * 1024
+"""Bytes copied in all: a host cannot fill the CVM's memory through the disk."""
+MAX_ENTRIES = 10_000
+"""Entries looked at on the disk: the real ones are a handful."""
 GATEWAY = [
     "/usr/bin/python3.11",
     "-I",
@@ -95,24 +99,35 @@ def copy_provisioning(source: str, target: str) -> list[str]:
     os.makedirs(target, mode=0o700, exist_ok=True)
     os.chmod(target, 0o700)
     skipped: list[str] = []
+    seen = total = 0
     for folder, dirs, files in os.walk(source, followlinks=False):
         dirs.sort()
         for name in sorted(files) + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
+            seen += 1
+            if seen > MAX_ENTRIES:
+                skipped.append(f"(everything after {MAX_ENTRIES} entries)")
+                return skipped
             path = os.path.join(folder, name)
             rel = os.path.relpath(path, source)
             if not any(p.fullmatch(rel) for p in ALLOWED):
                 skipped.append(rel)
                 continue
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+                # Never blocks (a FIFO at an allowed name), never follows a link.
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
             except OSError:
                 skipped.append(rel)
                 continue
             with os.fdopen(fd, "rb") as src:
                 info = os.fstat(src.fileno())
-                if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_FILE:
+                if (
+                    not stat.S_ISREG(info.st_mode)
+                    or info.st_size > MAX_FILE
+                    or total + info.st_size > MAX_TOTAL
+                ):
                     skipped.append(rel)
                     continue
+                total += info.st_size
                 dst = os.path.join(target, rel)
                 _private_dirs(target, os.path.dirname(rel))
                 out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -126,8 +141,14 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     if os.path.isdir(PROVISION):
-        for rel in copy_provisioning(PROVISION, STATE):
+        try:
+            skipped = copy_provisioning(PROVISION, STATE)
+        except OSError as e:  # PID 1 must not die: the gateway then reports what is missing
+            skipped = [f"(copying stopped: {e})"]
+        for rel in skipped[:20]:
             _say(f"ignored on the provisioning disk: {rel!r} (not an allowed plain file)")
+        if len(skipped) > 20:
+            _say(f"... and {len(skipped) - 20} more ignored entries")
     os.makedirs(STATE, mode=0o700, exist_ok=True)
     os.mkdir(HOME, mode=0o700)  # fresh: /tmp is a new tmpfs and nothing ran before PID 1
     backoff = 1.0

@@ -515,6 +515,12 @@ def test_kernel_args_are_added_or_the_edit_says_it_could_not(tmp_path: Path) -> 
     assert done.returncode == 0 and "ok added 'iommu=pt'" in done.stdout
     grub = (tmp_path / "a/etc/default/grub").read_text()
     assert grub == 'GRUB_CMDLINE_LINUX_DEFAULT="quiet iommu=pt"\n'
+    # What a real file may hold after the closing quote: the edit works and is recognised.
+    for tail in (" ", "  # distro default", "\r"):
+        root = tmp_path / f"t{len(tail)}"
+        done = _add_kernel_args(root, f'GRUB_CMDLINE_LINUX_DEFAULT="quiet"{tail}\n', "a.b=1")
+        assert done.returncode == 0, (tail, done.stderr)
+        assert 'GRUB_CMDLINE_LINUX_DEFAULT="quiet a.b=1"' in (root / "etc/default/grub").read_text()
     # A single-quoted line, or none at all: the sed matches nothing, and install.sh says so.
     for text in ("GRUB_CMDLINE_LINUX_DEFAULT='quiet'\n", "GRUB_TIMEOUT=5\n"):
         root = tmp_path / str(len(text))

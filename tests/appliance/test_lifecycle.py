@@ -84,3 +84,40 @@ def test_down_never_signals_a_process_that_reused_the_pid(tmp_path: Path) -> Non
     finally:
         other.kill()
         other.wait()
+
+
+def test_the_gateway_is_found_however_the_state_folder_is_spelled(tmp_path: Path) -> None:
+    """`up` may run with a relative or symlinked OPENPCC_STATE_DIR and `status`/`down` with
+    another spelling: the pid is the gateway's when its --config is the same file."""
+    import os
+    import subprocess
+    import sys
+
+    from appliance import lifecycle
+    from appliance.state import StatePaths
+
+    real = tmp_path / "real"
+    paths = StatePaths(real)
+    paths.pid.parent.mkdir(parents=True, exist_ok=True)
+    paths.gateway_config.parent.mkdir(parents=True, exist_ok=True)
+    paths.gateway_config.write_text("")
+    (tmp_path / "link").symlink_to(real)
+    relative = os.path.relpath(paths.gateway_config, tmp_path)
+    # A stand-in with the gateway's argv shape, started from tmp_path with a relative --config.
+    fake = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "-m", "server", "--config", relative],
+        cwd=tmp_path,
+        start_new_session=True,
+    )
+    try:
+        paths.pid.write_text(f"{fake.pid}\n")
+        for spelling in (real, tmp_path / "link", Path(os.path.relpath(real))):
+            assert lifecycle.gateway_pid(StatePaths(spelling)) == fake.pid, spelling
+        # Another state's gateway.toml is not this one.
+        other = StatePaths(tmp_path / "other")
+        other.pid.parent.mkdir(parents=True, exist_ok=True)
+        other.pid.write_text(f"{fake.pid}\n")
+        assert lifecycle.gateway_pid(other) is None
+    finally:
+        fake.kill()
+        fake.wait()

@@ -355,3 +355,17 @@ def test_concurrent_appends_never_share_a_checkpoint_temporary(logdir: Path) -> 
         mp.undo()
     assert len(seen) == 2 and seen[0] != seen[1]
     assert not list(logdir.glob("*.tmp"))
+
+
+def test_a_failed_checkpoint_write_leaves_no_temporary(
+    logdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cvm_boot import tlog as tlog_module
+
+    def no_space(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tlog_module.os, "fsync", no_space)
+    with pytest.raises(OSError, match="No space"):
+        tlog_module._write_atomic(logdir / "x", b"data")
+    assert not list(logdir.glob("*.tmp")) and not (logdir / "x").exists()

@@ -11,6 +11,8 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
+
 from cvm_boot.image import supervise
 
 
@@ -86,3 +88,27 @@ def test_the_gateway_gets_an_empty_home_and_no_user_site() -> None:
     assert all(env[k].startswith(supervise.HOME) for k in env if k.startswith("XDG_"))
     assert "-I" in supervise.GATEWAY
     assert os.path.basename(supervise.GATEWAY[0]).startswith("python3")
+
+
+def test_a_fifo_at_an_allowed_name_never_blocks_boot(tmp_path: Path) -> None:
+    source = tmp_path / "p"
+    source.mkdir()
+    os.mkfifo(source / "manifest.json")
+    assert supervise.copy_provisioning(str(source), str(tmp_path / "s")) == ["manifest.json"]
+
+
+def test_copying_is_bounded_in_bytes_and_entries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(supervise, "MAX_TOTAL", 5)
+    source = tmp_path / "p"
+    (source / "log").mkdir(parents=True)
+    (source / "log" / "log.entries").write_bytes(b"1234")
+    (source / "manifest.json").write_bytes(b"56")  # copied first (top level), then 2 + 4 > 5
+    skipped = supervise.copy_provisioning(str(source), str(tmp_path / "s"))
+    assert skipped == ["log/log.entries"]
+    monkeypatch.setattr(supervise, "MAX_ENTRIES", 3)
+    for i in range(5):
+        (source / f"junk{i}").write_bytes(b"")
+    skipped = supervise.copy_provisioning(str(source), str(tmp_path / "t"))
+    assert skipped[-1] == "(everything after 3 entries)"
