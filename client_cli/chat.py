@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
+import tempfile
 from pathlib import Path
 
 from rich.console import Console
@@ -71,8 +73,31 @@ class ChatLoop:
         finally:
             self.loop.run_until_complete(self.session.aclose())
             self.loop.close()
-            if self.save is not None:
-                self.save.write_text(json.dumps(self.history, indent=1, ensure_ascii=False))
+            if self.save is not None and self.history:
+                self._save(self.save)
+
+    def _save(self, path: Path) -> None:
+        """The transcript, owner-only (it holds prompts and answers), whole or not at all; a
+        failure is one line, never a traceback that loses the conversation's end."""
+        data = json.dumps(self.history, indent=1, ensure_ascii=False).encode()
+        try:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as f:  # mkstemp makes it 0600
+                    f.write(data)
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except OSError as e:
+            self.console.print(
+                f"[bold red]error:[/] cannot save the transcript to {escape(str(path))}: "
+                f"{escape(e.strerror or str(e))}",
+                soft_wrap=True,
+            )
+            return
+        self.console.print(f"[dim]transcript saved to {escape(str(path))} (owner-only)[/]")
 
     def _read(self) -> str | None:
         lines = [input("you> ")]

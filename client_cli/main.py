@@ -101,7 +101,7 @@ def _session(url: str, policy: Path | None, nonce: Literal["auto", "none"] = "au
     return Session(
         url,
         trust=store.anchors(),
-        policy=load_policy(policy or store.policy_path),
+        policy=load_policy(policy or store.policy_path, required=policy is not None),
         checkpoints=store.checkpoints(),
         nonce_mode=nonce,
     )
@@ -268,7 +268,9 @@ def proxy(
         )
     target = _url(url)
     try:
-        run_proxy(_session(target, policy), host.strip("[]"), int(port), target)
+        run_proxy(
+            _session(target, policy), host.strip("[]"), int(port), target, allow_remote=allow_remote
+        )
     except OpenPCCError as e:
         raise _fail(e) from e
 

@@ -63,15 +63,41 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(buf)
 
 
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _host_name(header: str) -> str:
+    """``Host`` without its port: ``[::1]:8481`` -> ``::1``, ``localhost:8481`` -> ``localhost``."""
+    if header.startswith("["):
+        return header[1:].split("]", 1)[0]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
 def create_proxy_app(
-    session: Session, *, max_request: int = MAX_REQUEST, max_answer: int = MAX_ANSWER_BYTES
+    session: Session,
+    *,
+    max_request: int = MAX_REQUEST,
+    max_answer: int = MAX_ANSWER_BYTES,
+    allowed_hosts: frozenset[str] | None = LOOPBACK_HOSTS,
 ) -> Starlette:
-    """The proxy's ASGI app; the limits are parameters so tests can make them small."""
+    """The proxy's ASGI app; the limits are parameters so tests can make them small.
+
+    It serves plaintext on loopback, so it answers only requests addressed to a loopback name
+    (``allowed_hosts``; None with ``--allow-remote``): a web page cannot reach it through DNS
+    rebinding. A POST must be ``application/json``, which a browser cannot send cross-origin
+    without a CORS preflight this proxy never grants.
+    """
 
     async def forward(request: Request) -> Response:
         path = request.url.path
         payload: dict[str, object] | None = None
+        host = _host_name(request.headers.get("host", "").strip().lower())
+        if allowed_hosts is not None and host not in allowed_hosts:
+            return _error(403, "this proxy answers only requests to a loopback address")
         if request.method == "POST":
+            ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if ctype != "application/json":
+                return _error(415, "request body must be application/json", "invalid_request_error")
             try:
                 raw = await _read_body(request, max_request)
             except _TooLargeError:
@@ -132,7 +158,9 @@ def create_proxy_app(
     return Starlette(routes=routes)
 
 
-def run_proxy(session: Session, host: str, port: int, url: str) -> None:
+def run_proxy(
+    session: Session, host: str, port: int, url: str, *, allow_remote: bool = False
+) -> None:
     console = Console(stderr=True, highlight=False)
 
     async def main() -> None:
@@ -145,7 +173,9 @@ def run_proxy(session: Session, host: str, port: int, url: str) -> None:
             console.print(f"OpenAI-compatible proxy on http://{host}:{port}/v1 -> {url}")
             server = uvicorn.Server(
                 uvicorn.Config(
-                    create_proxy_app(session),
+                    create_proxy_app(
+                        session, allowed_hosts=None if allow_remote else LOOPBACK_HOSTS
+                    ),
                     host=host,
                     port=port,
                     access_log=False,

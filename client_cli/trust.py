@@ -114,10 +114,14 @@ class TrustStore:
         return self.directory / "policy.toml"
 
     def log_keys(self) -> list[tlog.VerifierKey]:
-        if not self.log_keys_path.exists():
+        path = self.log_keys_path
+        if not path.exists():
             return []
-        lines = [ln.strip() for ln in self.log_keys_path.read_text().splitlines()]
-        return [tlog.VerifierKey.parse(ln) for ln in lines if ln and not ln.startswith("#")]
+        try:
+            lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+            return [tlog.VerifierKey.parse(ln) for ln in lines if ln and not ln.startswith("#")]
+        except (OSError, UnicodeDecodeError, ParseError) as e:
+            raise _trust_file_error(path, e, "one C2SP verifier key per line") from e
 
     def add_log_key(self, key: str) -> tlog.VerifierKey:
         vkey = tlog.VerifierKey.parse(key.strip())
@@ -127,9 +131,15 @@ class TrustStore:
         return vkey
 
     def simulation_roots(self) -> list[x509.Certificate]:
-        if not self.simulation_path.exists():
+        path = self.simulation_path
+        if not path.exists():
             return []
-        return load_certificates(self.simulation_path.read_bytes())
+        try:
+            return load_certificates(path.read_bytes())
+        except (OSError, ParseError) as e:
+            raise _trust_file_error(
+                path, e, "PEM certificates (`openpcc trust --simulation`)"
+            ) from e
 
     def trust_simulation(self, pem: bytes) -> list[x509.Certificate]:
         certs = load_certificates(pem)
@@ -306,17 +316,36 @@ class PolicyFiles:
     snp_crls: tuple[Path, ...] = ()
 
 
-def load_policy(path: Path | None) -> ClientPolicy:
+def _trust_file_error(path: Path, e: Exception, holds: str) -> ParseError:
+    why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    return ParseError(
+        f"trust store {path}: {why}",
+        hint=f"the file holds {holds}; fix or remove it",
+    )
+
+
+def load_policy(path: Path | None, *, required: bool = False) -> ClientPolicy:
     """The policy file, or the floor when there is none.
 
     Strict: an empty file, an unknown section or key is an error naming it; checks may be
-    skipped only by naming them under ``[skip] checks = [...]``.
+    skipped only by naming them under ``[skip] checks = [...]``. A policy the user named
+    (``required``: ``--policy``) must exist, and so must the target of a policy.toml link: a
+    typo never silently falls back to the floor.
     """
-    return load_policy_file(path)[0]
+    return load_policy_file(path, required=required)[0]
 
 
-def load_policy_file(path: Path | None) -> tuple[ClientPolicy, PolicyFiles]:
+def load_policy_file(
+    path: Path | None, *, required: bool = False
+) -> tuple[ClientPolicy, PolicyFiles]:
     """:func:`load_policy`, and the files its reference values came from."""
+    if path is not None and not path.exists() and (required or path.is_symlink()):
+        raise ParseError(
+            f"policy {path}: no such file" + (" (a link to nothing)" if path.is_symlink() else ""),
+            hint="name an existing policy file, or leave --policy out for the built-in floor"
+            if required
+            else f"fix the link {path}, or remove it to use the built-in floor",
+        )
     if path is None or not path.exists():
         return ClientPolicy(snp=SnpPolicy()), PolicyFiles()
     hint = f"fix {path}, or remove it to use the built-in floor"

@@ -53,6 +53,7 @@ def test_chat_streams_answers_and_keeps_the_conversation(appliance: Any, tmp_pat
     assert appliance.metric("openpcc_decrypted_requests_total") == before + 2
     saved = transcript.read_text()
     assert "hello brave world" in saved and "echo: question second" in saved
+    assert transcript.stat().st_mode & 0o777 == 0o600  # prompts and answers: owner-only
 
 
 def test_chat_verify_shows_the_checks_table(appliance: Any) -> None:
@@ -115,3 +116,18 @@ def test_ctrl_c_stops_an_answer_and_the_next_question_is_answered(slow_appliance
     child.expect("bound to " + slow_appliance.url)
     child.expect_exact(PROMPT)
     _quit(child)
+
+
+def test_save_failures_are_one_line_and_an_empty_chat_overwrites_nothing(
+    tmp_path: Path,
+) -> None:
+    from rich.console import Console
+
+    from client_cli.chat import ChatLoop
+
+    loop = ChatLoop.__new__(ChatLoop)
+    loop.console = Console(record=True, width=200)
+    loop.history = [{"role": "user", "content": "x"}]
+    loop._save(tmp_path / "no" / "such" / "dir" / "t.json")
+    out = loop.console.export_text()
+    assert "error: cannot save the transcript to" in out and "Traceback" not in out

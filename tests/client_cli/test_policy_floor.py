@@ -6,6 +6,7 @@ VMPLs, and whatever the policy does not check (minimum TCB, minimum ABI) named a
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -78,3 +79,30 @@ def test_gpu_require_cc_is_on_unless_the_policy_file_says_otherwise(tmp_path: An
     path.write_text('[gpu]\nrequire_cc = "no"\n')
     with pytest.raises(ParseError, match=r"\[gpu\] require_cc must be true or false"):
         load_policy(path)
+
+
+def test_a_named_policy_that_does_not_exist_is_an_error_not_the_floor(tmp_path: Path) -> None:
+    """`--policy strcit.toml` (a typo) used to verify against the floor and send the prompt."""
+    from attest.errors import ParseError
+    from client_cli.trust import load_policy
+
+    with pytest.raises(ParseError, match="no such file"):
+        load_policy(tmp_path / "strcit.toml", required=True)
+    # The store's own policy.toml may be absent (the floor) but not a link to nothing.
+    assert load_policy(tmp_path / "policy.toml").skip == frozenset()
+    (tmp_path / "policy.toml").symlink_to(tmp_path / "gone.toml")
+    with pytest.raises(ParseError, match="a link to nothing"):
+        load_policy(tmp_path / "policy.toml")
+
+
+def test_unreadable_trust_store_files_are_one_line_naming_them(tmp_path: Path) -> None:
+    from attest.errors import ParseError
+    from client_cli.trust import TrustStore
+
+    store = TrustStore(tmp_path)
+    store.log_keys_path.mkdir()  # a folder where a file should be
+    with pytest.raises(ParseError, match=r"trust store .*log-keys.txt"):
+        store.log_keys()
+    store.simulation_path.write_bytes(b"\xff not pem")
+    with pytest.raises(ParseError, match=r"trust store .*simulation-roots.pem"):
+        store.simulation_roots()

@@ -31,8 +31,9 @@ class Pieces:
 def _post(app: Any, content: Any, headers: dict[str, str] | None = None) -> httpx.Response:
     async def go() -> httpx.Response:
         transport = httpx.ASGITransport(app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://proxy.test") as c:
-            r = await c.post("/v1/chat/completions", content=content, headers=headers)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8481") as c:
+            sent = {"content-type": "application/json", **(headers or {})}
+            r = await c.post("/v1/chat/completions", content=content, headers=sent)
             await r.aread()
             return r
 
@@ -89,3 +90,32 @@ def test_a_whole_answer_over_the_limit_is_refused(sim_node: Any, size: int) -> N
         assert r.status_code == 200 and r.content == answer
     else:
         _openai_error(r, 502, "the node's answer exceeds 2048 bytes")
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "says"),
+    [
+        ({"host": "evil.example"}, 403, "only requests to a loopback address"),
+        ({"host": "evil.example:8481"}, 403, "only requests to a loopback address"),
+        ({"content-type": "text/plain"}, 415, "must be application/json"),
+    ],
+    ids=["rebound-host", "rebound-host-port", "simple-cross-origin-post"],
+)
+def test_a_web_page_cannot_drive_the_proxy(
+    sim_node: Any, headers: dict[str, str], status: int, says: str
+) -> None:
+    """DNS rebinding (a page's own name resolved to 127.0.0.1) and text/plain POSTs (which a
+    browser sends cross-origin without a preflight) are refused before anything is verified."""
+    transport = sim_node.transport()
+    app = create_proxy_app(sim_node.session(transport))
+    r = _post(app, json.dumps(CHAT).encode(), headers)
+    _openai_error(r, status, says)
+    assert transport.requests == []
+
+
+def test_loopback_names_are_all_accepted() -> None:
+    from client_cli.proxy import LOOPBACK_HOSTS, _host_name
+
+    for header in ("127.0.0.1:8481", "localhost", "LOCALHOST:1".lower(), "[::1]:8481", "[::1]"):
+        assert _host_name(header) in LOOPBACK_HOSTS, header
+    assert _host_name("127.0.0.1.evil.example:80") not in LOOPBACK_HOSTS
