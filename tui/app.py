@@ -48,6 +48,8 @@ __all__ = ["DashboardApp", "run_dashboard"]
 POLL_S = 1.0
 VERIFY_EVERY_S = 60.0
 LOG_EVERY_POLLS = 10
+ROTATION_RECHECK_S = 10.0
+"""Least time between verifications triggered by a key id change /healthz reports."""
 HTTP_TIMEOUT_S = 5.0
 # What one poll may read, each counted as it arrives (a consistency proof: MAX_PROOF_BYTES).
 MAX_HEALTHZ = 64 * 1024
@@ -200,6 +202,7 @@ class DashboardApp(App[None]):
         self.poll_interval = poll_interval
         self.verify_interval = verify_interval
         self.polls = 0
+        self._rotation_checked = float("-inf")
         self._session: _RecordingSession | None = None
         self._policy: ClientPolicy | None = None
         self._host = HostSampler()
@@ -305,7 +308,8 @@ class DashboardApp(App[None]):
             sample = MetricsSample.parse(text.decode(errors="replace"), now)
         except httpx.HTTPError as e:
             st.connection.lost(type(e).__name__, now)
-        except (ParseError, TransportError, ValueError) as e:
+        except (ParseError, TransportError, ValueError, ArithmeticError, RecursionError) as e:
+            # What the (untrusted) host answers cannot take the dashboard down.
             st.connection.lost(str(e)[:60], now)
         else:
             regained = st.connection.ok(now)
@@ -313,7 +317,14 @@ class DashboardApp(App[None]):
             st.throughput.add(sample)
             a = st.attestation
             rotated = a.verdict == "verified" and health.key_id not in (None, a.key_id)
-            if regained or rotated:
+            # One verification at a time, and a rotation the host keeps claiming re-verifies at
+            # most every ROTATION_RECHECK_S: /healthz is the host's word, and restarting the
+            # one in flight on every poll kept an old "verified" on screen forever.
+            if not a.busy and (
+                regained or (rotated and now - self._rotation_checked >= ROTATION_RECHECK_S)
+            ):
+                if rotated:
+                    self._rotation_checked = now
                 self.verify_now()
             if self.polls % LOG_EVERY_POLLS == 0:
                 await self.watch_log(http, now)

@@ -151,3 +151,53 @@ async def test_a_healthz_that_is_not_json_is_a_lost_connection(node: Node, tmp_p
     app = await _poll(node, tmp_path, earlier=None)
     assert app.state.connection.up is True
     assert app.state.health is not None and app.state.health.status == "starting"
+
+
+@pytest.mark.parametrize(
+    ("path", "respond"),
+    [
+        ("/metrics", lambda: httpx.Response(200, text="openpcc_key_id +Inf\n")),
+        ("/healthz", lambda: httpx.Response(200, content=b"[" * 100_000 + b"]" * 100_000)),
+    ],
+    ids=["infinite-key-id", "deeply-nested-healthz"],
+)
+async def test_what_the_host_answers_cannot_crash_the_poll(
+    node: Node, tmp_path: Path, path: str, respond: Callable[[], httpx.Response]
+) -> None:
+    node.broken[path] = respond
+    app = await _poll(node, tmp_path, earlier=None)
+    assert app.state.connection.up is False
+
+
+async def test_a_claimed_key_rotation_re_verifies_once_not_every_poll(
+    node: Node, tmp_path: Path
+) -> None:
+    """/healthz is the host's word: a key id differing from the verified one starts one
+    verification, never a second while it runs, and at most one per ROTATION_RECHECK_S."""
+    from dataclasses import replace
+
+    from tui.state import Attestation
+
+    store = TrustStore(tmp_path / "config")
+    store.add_log_key(node.log.verifier_key)
+    clock = [1000.0]
+    app = DashboardApp(URL, store=store, live=False)
+    app.clock = lambda: clock[0]  # type: ignore[method-assign]
+    started: list[float] = []
+    app.verify_now = lambda: started.append(clock[0])  # type: ignore[assignment, method-assign]
+    async with app.run_test(size=(100, 32)):
+        app.state.connection.ok(clock[0])  # already up: only the rotation can trigger
+        verified = Attestation(verdict="verified", key_id=0)
+        async with httpx.AsyncClient(transport=httpx.MockTransport(node.handle)) as http:
+            app.state.attestation = replace(verified, busy=True)
+            await app.poll_once(http)  # healthz says key 1; a verification is running
+            assert started == []
+            app.state.attestation = verified
+            await app.poll_once(http)
+            assert started == [1000.0]
+            clock[0] += 1.0
+            await app.poll_once(http)  # the host still claims key 1: not again so soon
+            assert started == [1000.0]
+            clock[0] += 10.0
+            await app.poll_once(http)
+            assert started == [1000.0, 1011.0]
