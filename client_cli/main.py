@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import sys
+import urllib.parse
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -19,7 +20,13 @@ from rich.console import Console
 from rich.markup import escape
 
 from attest.bundle import VerificationRun
-from attest.errors import OpenPCCError, PolicyError, VerificationError, exit_code_for
+from attest.errors import (
+    OpenPCCError,
+    ParseError,
+    PolicyError,
+    VerificationError,
+    exit_code_for,
+)
 from client_cli.render import SIMULATED_BANNER, print_run, status_line
 from client_cli.session import (
     Session,
@@ -52,7 +59,17 @@ PolicyOpt = typer.Option(None, "--policy", help="policy TOML (default: the trust
 
 
 def _url(url: str | None) -> str:
-    return url or os.environ.get("OPENPCC_URL") or DEFAULT_URL
+    """The node's URL (``--url``, ``$OPENPCC_URL``, or the local appliance), checked up front:
+    a malformed one is one line, exit 3, not a traceback from deep inside a client."""
+    target = url or os.environ.get("OPENPCC_URL") or DEFAULT_URL
+    try:
+        parts = urllib.parse.urlsplit(target)
+        parts.port  # noqa: B018 -- raises ValueError for a port out of range or not a number
+    except ValueError as e:
+        raise _fail(ParseError(f"URL {target!r}: {e}", hint="http(s)://HOST[:PORT]")) from e
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _fail(ParseError(f"URL {target!r} is not http(s)://HOST[:PORT]"))
+    return target
 
 
 def _failed_check(run: VerificationRun | None) -> str | None:

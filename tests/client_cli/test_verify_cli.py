@@ -218,3 +218,19 @@ def test_trust_json_error(appliance: Any, tmp_path: Path) -> None:
     assert r.returncode == 3
     out = _one_json(r.stdout)
     assert out["ok"] is False and out["kind"] == "ParseError"
+
+
+def test_a_malformed_url_is_one_line_exit_3(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from client_cli.main import app
+
+    env = {"OPENPCC_CONFIG_DIR": str(tmp_path / "c"), "OPENPCC_URL": ""}
+    for url, says in (
+        ("http://127.0.0.1:99999", "Port out of range"),
+        ("ftp://node", "is not http(s)://HOST[:PORT]"),
+        ("http://", "is not http(s)://HOST[:PORT]"),
+    ):
+        r = CliRunner().invoke(app, ["ask", "--url", url, "hello"], env=env)
+        assert r.exit_code == 3, (url, r.output)
+        assert says in r.output and isinstance(r.exception, SystemExit)
