@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
-import tempfile
 from pathlib import Path
 
 from rich.console import Console
@@ -23,6 +21,7 @@ from client_cli.render import print_run, status_line
 from client_cli.session import (
     Session,
 )
+from client_cli.trust import replace_durably
 
 __all__ = ["ChatLoop"]
 
@@ -79,17 +78,8 @@ class ChatLoop:
     def _save(self, path: Path) -> None:
         """The transcript, owner-only (it holds prompts and answers), whole or not at all; a
         failure is one line, never a traceback that loses the conversation's end."""
-        data = json.dumps(self.history, indent=1, ensure_ascii=False).encode()
         try:
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:  # mkstemp makes it 0600
-                    f.write(data)
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            replace_durably(path, json.dumps(self.history, indent=1, ensure_ascii=False))
         except OSError as e:
             self.console.print(
                 f"[bold red]error:[/] cannot save the transcript to {escape(str(path))}: "

@@ -75,6 +75,7 @@ __all__ = [
     "load_policy",
     "load_policy_file",
     "reference_summary",
+    "replace_durably",
 ]
 
 
@@ -258,7 +259,7 @@ class FileCheckpointStore:
                         f"against size {read[0] if read else 0}",
                         hint="verify again: it is then checked against the newer checkpoint",
                     )
-                _replace_durably(path, checkpoint.note)
+                replace_durably(path, checkpoint.note)
                 self._seen[origin] = (checkpoint.size, checkpoint.root_hash)
         except OSError as e:
             raise _store_error("store", path, e) from e
@@ -281,8 +282,9 @@ def _store_error(what: str, path: Path, e: OSError) -> VerificationError:
     )
 
 
-def _replace_durably(path: Path, data: str) -> None:
-    """Write ``path`` whole or not at all: a unique temporary file, fsynced, renamed over it."""
+def replace_durably(path: Path, data: str) -> None:
+    """Write ``path`` whole or not at all: a unique temporary file (0600, as mkstemp makes it),
+    fsynced, renamed over it."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

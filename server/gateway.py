@@ -353,12 +353,11 @@ def create_app(state: GatewayState) -> ASGIApp:
                     prefix = None
                     yield _chunked_start()
                 yield {"type": "http.response.body", "body": chunk, "more_body": True}
+            head_chunk = b""
             if prefix is not None:  # an empty answer: the head alone (sealed first), then the end
                 yield _chunked_start()
                 head_chunk = prefix + sealer.seal_chunk(head)
-                end = head_chunk + sealer.seal_chunk(encode_response_end(), final=True)
-            else:
-                end = sealer.seal_chunk(encode_response_end(), final=True)
+            end = head_chunk + sealer.seal_chunk(encode_response_end(), final=True)
             yield {"type": "http.response.body", "body": end, "more_body": False}
 
         try:
@@ -407,12 +406,14 @@ def _seal_content(sealer: ChunkedResponseSealer, content: bytes, head: bytes = b
     as one OHTTP chunk (``head``, the inner response head, in front of the first). A client's
     opener bounds the chunks it accepts (ours at 1 MiB), so a large answer, or a large burst of a
     stream, is never one chunk; an ordinary burst is one slice, one seal, one write."""
-    if len(content) <= SEAL_CHUNK:
+    if len(content) <= SEAL_CHUNK:  # the hot path: no slicing, no list
         return sealer.seal_chunk(head + encode_content_chunk(content))
-    out = [sealer.seal_chunk(head + encode_content_chunk(content[:SEAL_CHUNK]))]
-    for at in range(SEAL_CHUNK, len(content), SEAL_CHUNK):
-        out.append(sealer.seal_chunk(encode_content_chunk(content[at : at + SEAL_CHUNK])))
-    return b"".join(out)
+    return b"".join(
+        sealer.seal_chunk(
+            (head if at == 0 else b"") + encode_content_chunk(content[at : at + SEAL_CHUNK])
+        )
+        for at in range(0, len(content), SEAL_CHUNK)
+    )
 
 
 async def _request_body(receive: Receive) -> AsyncIterator[bytes]:

@@ -30,6 +30,8 @@ HOME = "/tmp/openpcc-home"  # noqa: S108 -- the CVM's own fresh tmpfs; made here
 On /tmp, not /run (mounted noexec), because compilers (Triton's, say) load what they cache."""
 # The provisioning disk is the host's: only these names are copied, as plain files, so nothing
 # it holds can become code (a .pth under a home's site-packages, a compiler cache) in the CVM.
+# They mirror what cvm_boot.image.provision writes (HOST_FILES and the simulated tree): PID 1
+# runs on the standard library alone, so the list is repeated here and a test ties the two.
 ALLOWED = (
     re.compile(r"(manifest|tlog)\.json"),
     re.compile(r"log/log\.(entries|checkpoint|vkey|key)"),

@@ -112,3 +112,10 @@ def test_copying_is_bounded_in_bytes_and_entries(
         (source / f"junk{i}").write_bytes(b"")
     skipped = supervise.copy_provisioning(str(source), str(tmp_path / "t"))
     assert skipped[-1] == "(everything after 3 entries)"
+
+
+def test_every_file_a_real_host_provisions_is_allowed_in_the_guest() -> None:
+    from cvm_boot.image.provision import HOST_FILES
+
+    for rel in HOST_FILES:
+        assert any(p.fullmatch(rel) for p in supervise.ALLOWED), rel
